@@ -1,0 +1,199 @@
+"""Make Detectron2 v0.6 run on today's NumPy, Pillow and setuptools, with or without its
+compiled extension ``detectron2._C``.
+
+``import panoptic_curriculum`` calls :func:`apply` once, before it imports any detectron2
+module that needs these fixes. Every piece checks for the thing it supplies first and does
+nothing where it is already there (a detectron2 built from source, an old NumPy, ...), so
+the layer is a no-op on a complete installation.
+
+What each piece supplies:
+
+* NumPy >= 1.24 removed the aliases ``np.bool``, ``np.int``, ``np.float``, ``np.str``; v0.6 uses them (masks, semantic evaluator, data loader, visualizer).
+* Pillow >= 10 removed ``Image.LINEAR``, a default argument evaluated when
+  ``detectron2.data.transforms`` is imported.
+* setuptools >= 81 no longer ships ``pkg_resources``, which ``detectron2.model_zoo`` imports to
+  locate its bundled configs; a minimal stand-in answers ``resource_filename``.
+* Without ``detectron2._C``: a placeholder module lets detectron2 import, and raises
+  :class:`MissingOperatorError` naming the operator when one is used; deformable convolution
+  runs through ``torchvision.ops.deform_conv2d`` (CPU and CUDA); rotated-box operators fail
+  with that clear error; the COCO evaluator uses pycocotools' ``COCOeval`` instead of the
+  compiled fast evaluator (same numbers, slower).
+"""
+import importlib.util
+import logging
+import os
+import sys
+import types
+import warnings
+
+__all__ = ["apply", "MissingOperatorError", "has_compiled_ops"]
+
+logger = logging.getLogger(__name__)
+
+_APPLIED = False
+
+# operator name -> what needs it, for the error message
+_ROTATED_OPS = {
+    "box_iou_rotated": "pairwise_iou_rotated / RotatedBoxes.pairwise_iou",
+    "roi_align_rotated_forward": "ROIAlignRotated",
+    "roi_align_rotated_backward": "ROIAlignRotated",
+    "nms_rotated": "nms_rotated / batched_nms_rotated",
+}
+
+
+class MissingOperatorError(AttributeError):
+    """A detectron2 operator that only exists in its compiled extension was used."""
+
+
+def _missing_message(op: str) -> str:
+    used_by = _ROTATED_OPS.get(op)
+    what = f" (used by {used_by})" if used_by else ""
+    return (
+        f"detectron2 operator '{op}'{what} needs detectron2's compiled C++/CUDA extension "
+        "(detectron2._C), which this installation was built without. Build detectron2 from "
+        "source to use it."
+    )
+
+
+class _MissingExtension(types.ModuleType):
+    """Stands in for ``detectron2._C``; any operator lookup raises MissingOperatorError."""
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise MissingOperatorError(_missing_message(name))
+
+
+def has_compiled_ops() -> bool:
+    """Whether the real ``detectron2._C`` extension is installed."""
+    existing = sys.modules.get("detectron2._C")
+    if existing is not None:
+        return not isinstance(existing, _MissingExtension)
+    return importlib.util.find_spec("detectron2._C") is not None
+
+
+def patch_numpy(np_module) -> list:
+    """Restore the builtin-type aliases NumPy 1.24 removed. Returns the names added."""
+    added = []
+    for name, value in (("bool", bool), ("int", int), ("float", float), ("str", str)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            present = hasattr(np_module, name)
+        if not present:
+            setattr(np_module, name, value)
+            added.append(name)
+    return added
+
+
+def patch_pillow(image_module) -> list:
+    """Restore ``Image.LINEAR`` (an alias of BILINEAR) removed in Pillow 10."""
+    if hasattr(image_module, "LINEAR"):
+        return []
+    image_module.LINEAR = image_module.Resampling.BILINEAR
+    return ["LINEAR"]
+
+
+def _resource_filename(package: str, resource: str) -> str:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"cannot locate package {package!r}")
+    return os.path.join(list(spec.submodule_search_locations)[0], resource)
+
+
+def install_pkg_resources_shim() -> bool:
+    """Provide a minimal ``pkg_resources`` (``resource_filename`` only) where setuptools no
+    longer ships one. Returns whether the shim was installed."""
+    if "pkg_resources" in sys.modules or importlib.util.find_spec("pkg_resources") is not None:
+        return False
+    shim = types.ModuleType("pkg_resources")
+    shim.__doc__ = "Minimal stand-in installed by panoptic_curriculum.compat."
+    shim.resource_filename = _resource_filename
+    sys.modules["pkg_resources"] = shim
+    return True
+
+
+def install_missing_extension() -> bool:
+    """Register the ``detectron2._C`` placeholder when the real extension is absent."""
+    if has_compiled_ops():
+        return False
+    import detectron2
+
+    placeholder = _MissingExtension("detectron2._C")
+    placeholder.__doc__ = "Placeholder for detectron2's missing compiled extension."
+    sys.modules["detectron2._C"] = placeholder
+    detectron2._C = placeholder
+    return True
+
+
+def _deform_conv_tv(input, offset, weight, stride=1, padding=0, dilation=1, groups=1,
+                    deformable_groups=1, im2col_step=64):
+    """``detectron2.layers.deform_conv.deform_conv`` through torchvision (CPU and CUDA)."""
+    from torchvision.ops import deform_conv2d
+
+    del groups, deformable_groups, im2col_step  # implied by weight and offset shapes
+    return deform_conv2d(input, offset, weight, stride=stride, padding=padding,
+                         dilation=dilation)
+
+
+def _modulated_deform_conv_tv(input, offset, mask, weight, bias=None, stride=1, padding=0,
+                              dilation=1, groups=1, deformable_groups=1):
+    """``detectron2.layers.deform_conv.modulated_deform_conv`` through torchvision."""
+    from torchvision.ops import deform_conv2d
+
+    del groups, deformable_groups  # implied by weight and offset shapes
+    return deform_conv2d(input, offset, weight, bias=bias, stride=stride, padding=padding,
+                         dilation=dilation, mask=mask)
+
+
+def _nms_rotated_missing(boxes, scores, iou_threshold):
+    raise MissingOperatorError(_missing_message("nms_rotated"))
+
+
+def patch_layers_without_extension() -> bool:
+    """Route deformable convolution through torchvision and make rotated NMS fail clearly.
+    Only where the compiled extension is absent."""
+    if has_compiled_ops():
+        return False
+    import detectron2.layers as layers
+    from detectron2.layers import deform_conv, nms
+
+    deform_conv.deform_conv = _deform_conv_tv
+    deform_conv.modulated_deform_conv = _modulated_deform_conv_tv
+    nms.nms_rotated = _nms_rotated_missing
+    layers.nms_rotated = _nms_rotated_missing
+    return True
+
+
+def patch_coco_eval_without_extension() -> bool:
+    """Use pycocotools' COCOeval where the compiled fast evaluator is missing."""
+    if has_compiled_ops():
+        return False
+    from pycocotools.cocoeval import COCOeval
+
+    from detectron2.evaluation import coco_evaluation
+
+    coco_evaluation.COCOeval_opt = COCOeval
+    return True
+
+
+def apply() -> dict:
+    """Apply every piece once; returns what each piece changed (for logging and tests)."""
+    global _APPLIED
+    if _APPLIED:
+        return {}
+    import numpy as np
+    from PIL import Image
+
+    report = {
+        "numpy": patch_numpy(np),
+        "pillow": patch_pillow(Image),
+        "pkg_resources": install_pkg_resources_shim(),
+        "missing_extension": install_missing_extension(),
+    }
+    report["layers"] = patch_layers_without_extension()
+    report["coco_eval"] = patch_coco_eval_without_extension()
+    _APPLIED = True
+    changed = {k: v for k, v in report.items() if v}
+    if changed:
+        logger.debug("detectron2 compatibility fixes applied: %s", changed)
+    return report

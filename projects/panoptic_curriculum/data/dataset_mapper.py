@@ -1,0 +1,167 @@
+"""Dataset mapper for RGB-D panoptic data: image, semantic labels, instances, metric depth
+and camera intrinsics, augmented together."""
+import copy
+import logging
+from typing import List, Optional, Union
+
+import numpy as np
+import torch
+
+from detectron2.config import configurable
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+
+from .depth_io import read_depth, read_image, read_intrinsics
+from .transforms import transform_depth, transform_intrinsics
+
+__all__ = ["RGBDDatasetMapper", "build_rgbd_augmentation"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_rgbd_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
+    """detectron2's resize / flip augmentations, preceded at training time by a random crop
+    when ``INPUT.CROP.ENABLED`` (category-area constrained when
+    ``INPUT.CROP.SINGLE_CATEGORY_MAX_AREA < 1``)."""
+    augs = utils.build_augmentation(cfg, is_train)
+    if is_train and cfg.INPUT.CROP.ENABLED:
+        max_area = cfg.INPUT.CROP.get("SINGLE_CATEGORY_MAX_AREA", 1.0)
+        if max_area < 1.0:
+            crop = T.RandomCrop_CategoryAreaConstraint(
+                cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE, max_area,
+                cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            )
+        else:
+            crop = T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE)
+        augs.insert(0, crop)
+    return augs
+
+
+class RGBDDatasetMapper:
+    """Map a dataset dict to the model's input dict.
+
+    Output keys (those whose source is present in the dataset dict):
+
+    * ``"image"``: ``[3, H, W]`` uint8 tensor in ``image_format`` channel order;
+    * ``"sem_seg"``: ``[H, W]`` int64 class ids, ``ignore_label`` where unlabelled;
+    * ``"instances"``: detectron2 ``Instances`` with ``gt_boxes``, ``gt_classes``,
+      ``gt_masks`` (training only, as detectron2's DatasetMapper);
+    * ``"depth"``: ``[H, W]`` float32 metres, 0 invalid;
+    * ``"intrinsics"``: ``[3, 3]`` float32 pixel-unit K of the *augmented* image.
+
+    Every augmentation is applied to image, labels, masks and depth alike, and updates K
+    (see :mod:`panoptic_curriculum.data.transforms`). The input dict is deep-copied, and
+    annotations are dropped at inference.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool = True,
+        *,
+        augmentations: List[Union[T.Augmentation, T.Transform]],
+        image_format: str = "BGR",
+        use_depth: bool = True,
+        min_depth: float = 1e-3,
+        max_depth: float = float("inf"),
+        missing_depth: str = "error",
+        instance_mask_format: str = "bitmask",
+        recompute_boxes: bool = False,
+    ):
+        """
+        Args:
+            is_train: training mode (keep annotations and build ``Instances``).
+            augmentations: detectron2 augmentations, applied in order.
+            image_format: channel order passed to ``read_image`` ("BGR", "RGB", ...).
+            use_depth: load ``"depth"`` and ``"intrinsics"``.
+            min_depth, max_depth: depths outside this range (metres) are set to 0.
+            missing_depth: "error" raises for a sample without depth or intrinsics;
+                "skip" returns it without them.
+            instance_mask_format: "bitmask" or "polygon".
+            recompute_boxes: recompute ``gt_boxes`` from the masks (after cropping).
+        """
+        if missing_depth not in ("error", "skip"):
+            raise ValueError(f"INPUT.DEPTH.MISSING must be 'error' or 'skip', got {missing_depth!r}")
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.use_depth = use_depth
+        self.min_depth = min_depth
+        self.max_depth = max_depth
+        self.missing_depth = missing_depth
+        self.instance_mask_format = instance_mask_format
+        self.recompute_boxes = recompute_boxes
+        mode = "training" if is_train else "inference"
+        logger.info(f"[RGBDDatasetMapper] Augmentations used in {mode}: {augmentations}")
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        return {
+            "is_train": is_train,
+            "augmentations": build_rgbd_augmentation(cfg, is_train),
+            "image_format": cfg.INPUT.FORMAT,
+            "use_depth": cfg.INPUT.DEPTH.ENABLED,
+            "min_depth": cfg.INPUT.DEPTH.MIN_DEPTH,
+            "max_depth": cfg.INPUT.DEPTH.MAX_DEPTH,
+            "missing_depth": cfg.INPUT.DEPTH.MISSING,
+            "instance_mask_format": cfg.INPUT.MASK_FORMAT,
+            "recompute_boxes": is_train and cfg.INPUT.CROP.ENABLED,
+        }
+
+    def _read_depth_and_k(self, d: dict):
+        """Depth (metres) and K (pixels) of ``d``, each None when absent and allowed."""
+        missing = [k for k in ("depth_file_name", "intrinsics") if k not in d]
+        if missing and self.missing_depth == "error":
+            raise KeyError(
+                f"sample {d.get('file_name')} has no {' or '.join(missing)}; set "
+                "INPUT.DEPTH.MISSING 'skip' (or INPUT.DEPTH.ENABLED False) for datasets "
+                "without depth"
+            )
+        depth = read_depth(d, self.min_depth, self.max_depth) if "depth_file_name" in d else None
+        K = read_intrinsics(d) if "intrinsics" in d else None
+        return depth, K
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        d = copy.deepcopy(dataset_dict)
+        image = read_image(d["file_name"], format=self.image_format)
+        utils.check_image_size(d, image)
+        sem_seg: Optional[np.ndarray] = None
+        if "sem_seg_file_name" in d:
+            sem_seg = read_image(d["sem_seg_file_name"], "L").squeeze(2)
+            if sem_seg.shape != image.shape[:2]:
+                raise ValueError(
+                    f"{d['sem_seg_file_name']} is {sem_seg.shape[1]}x{sem_seg.shape[0]} but "
+                    f"{d['file_name']} is {image.shape[1]}x{image.shape[0]}"
+                )
+        depth, K = self._read_depth_and_k(d) if self.use_depth else (None, None)
+
+        aug_input = T.AugInput(image, sem_seg=sem_seg)
+        transforms = self.augmentations(aug_input)
+        image, sem_seg = aug_input.image, aug_input.sem_seg
+        image_shape = image.shape[:2]
+        d["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if sem_seg is not None:
+            d["sem_seg"] = torch.as_tensor(sem_seg.astype("long"))
+        if depth is not None:
+            d["depth"] = torch.from_numpy(transform_depth(transforms, depth))
+        # the dataset's K describes the un-augmented image: replace it, never pass it on
+        d.pop("intrinsics", None)
+        if K is not None:
+            d["intrinsics"] = torch.as_tensor(transform_intrinsics(transforms, K), dtype=torch.float32)
+
+        if not self.is_train:
+            d.pop("annotations", None)
+            return d
+        if "annotations" in d:
+            annos = [
+                utils.transform_instance_annotations(obj, transforms, image_shape)
+                for obj in d.pop("annotations")
+                if obj.get("iscrowd", 0) == 0
+            ]
+            instances = utils.annotations_to_instances(
+                annos, image_shape, mask_format=self.instance_mask_format
+            )
+            if self.recompute_boxes and instances.has("gt_masks"):
+                instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
+            d["instances"] = utils.filter_empty_instances(instances)
+        return d

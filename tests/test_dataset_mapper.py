@@ -1,0 +1,182 @@
+"""RGBDDatasetMapper: consistent augmentation of image, labels, instances, depth and K, and
+clear errors for bad input."""
+import copy
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import detectron2.data.transforms as T
+from detectron2.config import get_cfg
+
+from panoptic_curriculum import add_panoptic_curriculum_config
+from panoptic_curriculum.data.dataset_mapper import RGBDDatasetMapper
+from panoptic_curriculum.geometry import backproject, project
+
+
+def _points(depth, K):
+    return backproject(depth[None].double(), K[None].double())[0]
+
+
+def _map(d, augs, is_train=True, **kw):
+    return RGBDDatasetMapper(is_train, augmentations=augs, **kw)(d)
+
+
+def test_output_keys_types_and_shapes(small_dicts):
+    d = small_dicts[0]
+    out = _map(d, [])
+    assert out["image"].dtype == torch.uint8 and out["image"].shape == (3, 96, 128)
+    assert out["sem_seg"].dtype == torch.int64 and out["sem_seg"].shape == (96, 128)
+    assert out["depth"].dtype == torch.float32 and out["depth"].shape == (96, 128)
+    assert out["intrinsics"].dtype == torch.float32 and out["intrinsics"].shape == (3, 3)
+    np.testing.assert_allclose(out["intrinsics"].numpy(), np.asarray(d["intrinsics"]), rtol=1e-6)
+    inst = out["instances"]
+    assert len(inst) == len(d["annotations"]) and inst.gt_masks.tensor.shape[1:] == (96, 128)
+    assert "annotations" in d  # the input dict is not modified
+
+
+def test_inference_drops_annotations_keeps_depth(small_dicts):
+    out = _map(small_dicts[0], [T.ResizeShortestEdge(64, 1000)], is_train=False)
+    assert "annotations" not in out and "instances" not in out
+    assert out["depth"].shape == (64, 85) and out["image"].shape[1:] == (64, 85)
+
+
+def test_hflip_mirrors_points_in_x(small_dicts):
+    d = small_dicts[1]
+    a, b = _map(d, []), _map(d, [T.RandomFlip(prob=1.0)])
+    pa, pb = _points(a["depth"], a["intrinsics"]), _points(b["depth"], b["intrinsics"])
+    mirrored = pa.flip(1) * torch.tensor([-1.0, 1.0, 1.0], dtype=pa.dtype)
+    torch.testing.assert_close(pb, mirrored, atol=1e-4, rtol=1e-5)
+
+
+def test_crop_keeps_points(small_dicts):
+    d = small_dicts[2]
+    a = _map(d, [])
+    b = _map(d, [T.CropTransform(10, 7, 80, 60)])
+    pa = _points(a["depth"], a["intrinsics"])[7:67, 10:90]
+    torch.testing.assert_close(_points(b["depth"], b["intrinsics"]), pa, atol=1e-4, rtol=1e-5)
+    assert torch.equal(b["sem_seg"], a["sem_seg"][7:67, 10:90])
+
+
+@pytest.mark.parametrize("short", [60, 150])  # down- and up-scaling
+def test_resize_crop_flip_gives_same_3d_points(small_dicts, short):
+    """Every augmented pixel back-projects (with the updated K) onto the ray of the source
+    position it samples, at the source pixel's depth: the same 3D point, up to the
+    nearest-neighbour sub-pixel offset, which projection with the original K recovers."""
+    d = small_dicts[3]
+    src = _map(d, [])
+    torch.manual_seed(0)
+    np.random.seed(0)
+    augs = [T.ResizeShortestEdge(short, 1000), T.RandomCrop("absolute", (50, 70)),
+            T.RandomFlip(prob=1.0)]
+    out = _map(d, augs)
+    pts = _points(out["depth"], out["intrinsics"])  # [h, w, 3]
+    valid = out["depth"] > 0
+    # undo the flip in 3D, then project with the original K into the original image
+    pts = pts * torch.tensor([-1.0, 1.0, 1.0], dtype=pts.dtype)
+    uv, z = project(pts[valid][None], src["intrinsics"][None].double())
+    uv, z = uv[0], z[0]
+    # nearest-neighbour rule: the sampled source pixel is the one whose centre is nearest to
+    # the continuous source position; at exact ties either neighbour may be taken (PIL's
+    # rounding), so both candidates are tried. 1e-3 absorbs the float32 error of K.
+    assert (uv >= -0.5 - 1e-3).all() and (uv[:, 0] < 128 - 0.5 + 1e-3).all()
+    assert (uv[:, 1] < 96 - 0.5 + 1e-3).all()
+    matched = torch.zeros(len(z), dtype=torch.bool)
+    for dc in (-1e-3, 1e-3):
+        for dr in (-1e-3, 1e-3):
+            col = torch.floor(uv[:, 0] + 0.5 + dc).long().clamp(0, 127)
+            row = torch.floor(uv[:, 1] + 0.5 + dr).long().clamp(0, 95)
+            # the 3D point is the source pixel's ray at the source pixel's depth: same
+            # depth exactly (no interpolation), same label, sub-pixel offset <= 0.5
+            same = ((z.float() - src["depth"][row, col]).abs() <= 1e-5) & (
+                out["sem_seg"][valid] == src["sem_seg"][row, col]
+            )
+            matched |= same & ((uv - torch.stack([col, row], 1)).abs().max(1).values <= 0.5 + 1e-3)
+    assert matched.all(), f"{(~matched).sum()} of {len(z)} pixels do not map back"
+
+
+def test_depth_values_are_never_interpolated(small_dicts):
+    d = small_dicts[4]
+    src = _map(d, [])
+    out = _map(d, [T.ResizeShortestEdge(77, 1000)])
+    assert set(np.unique(out["depth"].numpy())) <= set(np.unique(src["depth"].numpy()))
+
+
+def test_instance_masks_align_with_labels(small_dicts):
+    d = small_dicts[5]
+    out = _map(d, [T.ResizeShortestEdge(130, 1000), T.RandomFlip(prob=1.0)])
+    inst = out["instances"]
+    for m, c in zip(inst.gt_masks.tensor, inst.gt_classes):
+        labels = out["sem_seg"][m]
+        assert (labels == c).float().mean() > 0.95
+
+
+def test_from_config(small_dicts):
+    cfg = get_cfg()
+    add_panoptic_curriculum_config(cfg)
+    cfg.merge_from_file("configs/synthetic/curriculum_R18_FPN.yaml")
+    mapper = RGBDDatasetMapper(cfg, is_train=True)
+    out = mapper(small_dicts[0])
+    assert out["depth"].shape == out["sem_seg"].shape == out["image"].shape[1:]
+    assert {"image", "sem_seg", "instances", "depth", "intrinsics"} <= set(out)
+
+
+# ------------------------------------------------------------------- bad input
+
+
+def test_missing_depth_file(small_dicts, tmp_path):
+    d = dict(small_dicts[0], depth_file_name=str(tmp_path / "nope.png"))
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        _map(d, [])
+
+
+def test_depth_of_wrong_size(small_dicts, tmp_path):
+    bad = tmp_path / "small_depth.png"
+    cv2.imwrite(str(bad), np.ones((10, 12), np.uint16))
+    with pytest.raises(ValueError, match="small_depth.png"):
+        _map(dict(small_dicts[0], depth_file_name=str(bad)), [])
+
+
+def test_nan_depth(small_dicts, tmp_path):
+    depth = np.ones((96, 128), np.float32)
+    depth[3, 4] = np.nan
+    bad = tmp_path / "nan_depth.npy"
+    np.save(bad, depth)
+    with pytest.raises(ValueError, match="nan_depth.npy.*non-finite"):
+        _map(dict(small_dicts[0], depth_file_name=str(bad), depth_format="npy_m"), [])
+
+
+@pytest.mark.parametrize("K", [[[0, 0, 64], [0, 100, 48], [0, 0, 1]],
+                               [[100, 0, 64], [0, -1, 48], [0, 0, 1]],
+                               [[100, 0, float("nan")], [0, 100, 48], [0, 0, 1]],
+                               [[100, 0, 64], [0, 100, 48]]])
+def test_degenerate_intrinsics(small_dicts, K):
+    with pytest.raises(ValueError, match="intrinsics of .*000000.png"):
+        _map(dict(small_dicts[0], intrinsics=K), [])
+
+
+def test_undecodable_image(small_dicts, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="broken.png"):
+        _map(dict(small_dicts[0], file_name=str(bad)), [])
+
+
+def test_missing_depth_policy(small_dicts):
+    d = copy.deepcopy(small_dicts[0])
+    del d["depth_file_name"]
+    with pytest.raises(KeyError, match="depth_file_name"):
+        _map(d, [])
+    out = _map(d, [T.RandomFlip(prob=1.0)], missing_depth="skip")
+    assert "depth" not in out and "sem_seg" in out
+    # K alone is still carried, updated by the flip
+    assert out["intrinsics"][0, 2] == pytest.approx(127 - d["intrinsics"][0][2], abs=1e-4)
+    del d["intrinsics"]
+    out = _map(d, [], missing_depth="skip")
+    assert "depth" not in out and "intrinsics" not in out
+
+
+def test_unknown_depth_format(small_dicts):
+    with pytest.raises(KeyError, match="unknown depth_format 'exr'"):
+        _map(dict(small_dicts[0], depth_format="exr"), [])
