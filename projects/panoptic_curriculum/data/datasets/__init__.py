@@ -1,0 +1,12 @@
+"""Dataset registration: importing this module registers every dataset of the plugin under
+the root ``$DETECTRON2_DATASETS`` (default ``./datasets``)."""
+import os
+
+from .cityscapes_depth import register_all_cityscapes_depth
+from .synthetic_scenes import register_all_synthetic_scenes
+
+_root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+register_all_synthetic_scenes(_root)
+register_all_cityscapes_depth(_root)
+
+__all__ = ["register_all_cityscapes_depth", "register_all_synthetic_scenes"]

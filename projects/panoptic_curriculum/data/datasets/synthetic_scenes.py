@@ -1,0 +1,267 @@
+"""The embedded default dataset, "synthetic scenes": generated on first use, then read from
+disk like any real dataset.
+
+Layout under ``<root>/synthetic_scenes/<split>/`` (root: ``$DETECTRON2_DATASETS``, default
+``./datasets``)::
+
+    image/000000.png        RGB, uint8
+    depth/000000.png        depth, uint16 millimetres, 0 = invalid (sky)
+    sem_seg/000000.png      contiguous class ids (things first), 255 = ignore
+    panoptic/000000.png     COCO panoptic PNG (id = R + 256 G + 256^2 B)
+    camera/000000.json      {"K": 3x3 pixels, "depth_format": "png_mm", camera pose info}
+    instances.json          COCO instances (thing categories, RLE masks)
+    panoptic.json           COCO panoptic (all categories)
+    spec.json               generation parameters; written last, marks the split complete
+
+Generation is deterministic from the split's seed (image ``i`` uses seed ``(seed, i)``),
+written into a temporary folder and moved into place when complete, under a file lock so
+that several processes (multi-GPU training) generate it once.
+"""
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Dict, List
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_util
+from filelock import FileLock
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+from detectron2.structures import BoxMode
+
+from ..depth_io import encode_depth_png_mm
+from ..synthetic.generator import CATEGORIES, IGNORE_LABEL, render_scene, sample_scene
+
+__all__ = [
+    "SYNTHETIC_SPLITS",
+    "GENERATOR_VERSION",
+    "register_synthetic_scenes",
+    "register_all_synthetic_scenes",
+    "generate_synthetic_scenes",
+    "load_synthetic_scenes",
+    "get_synthetic_scenes_metadata",
+]
+
+logger = logging.getLogger(__name__)
+
+#: bump when the generator's output changes, so cached splits are regenerated
+GENERATOR_VERSION = 1
+
+#: registered splits: name -> (folder, number of images, seed, height, width)
+SYNTHETIC_SPLITS = {
+    "synthetic_scenes_train": dict(split="train", num_images=400, seed=0, height=192, width=256),
+    "synthetic_scenes_val": dict(split="val", num_images=100, seed=1, height=192, width=256),
+}
+
+_LABEL_DIVISOR = 1000
+
+
+def get_synthetic_scenes_metadata() -> Dict:
+    """Class names, colours and id maps, in detectron2's COCO-panoptic conventions.
+
+    Contiguous ids put the things first, so a thing's Mask R-CNN class id equals its semantic
+    class id: ``thing_classes`` lists the things, ``stuff_classes`` lists every class (the
+    semantic segmentation label space).
+    """
+    things = [c for c in CATEGORIES if c["isthing"]]
+    return dict(
+        thing_classes=[c["name"] for c in things],
+        thing_colors=[c["color"] for c in things],
+        stuff_classes=[c["name"] for c in CATEGORIES],
+        stuff_colors=[c["color"] for c in CATEGORIES],
+        thing_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(things)},
+        stuff_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(CATEGORIES)},
+        ignore_label=IGNORE_LABEL,
+        label_divisor=_LABEL_DIVISOR,
+        evaluator_type="coco_panoptic_seg",
+        has_depth=True,
+        depth_format="png_mm",
+    )
+
+
+def _write_png(path: str, array: np.ndarray) -> None:
+    if not cv2.imwrite(path, array):
+        raise OSError(f"could not write {path}")
+
+
+def _rle(mask: np.ndarray) -> Dict:
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def generate_synthetic_scenes(out_dir: str, num_images: int, seed: int, height: int,
+                              width: int) -> float:
+    """Render ``num_images`` scenes into ``out_dir`` (created; must not exist).
+
+    Returns:
+        generation rate in images per second (rendering and writing).
+    """
+    start = time.perf_counter()
+    for sub in ("image", "depth", "sem_seg", "panoptic", "camera"):
+        os.makedirs(os.path.join(out_dir, sub))
+    dataset_id = {i: c["id"] for i, c in enumerate(CATEGORIES)}
+    images, annotations, pan_annotations = [], [], []
+    ann_id = 1
+    for idx in range(num_images):
+        rng = np.random.default_rng([seed, idx])
+        sample = render_scene(sample_scene(rng, height, width), height, width, rng)
+        stem = f"{idx:06d}"
+        _write_png(os.path.join(out_dir, "image", stem + ".png"), sample.image[:, :, ::-1])
+        _write_png(os.path.join(out_dir, "depth", stem + ".png"), encode_depth_png_mm(sample.depth))
+        _write_png(os.path.join(out_dir, "sem_seg", stem + ".png"), sample.sem_seg)
+        with open(os.path.join(out_dir, "camera", stem + ".json"), "w") as f:
+            json.dump({"K": sample.K.tolist(), "depth_format": "png_mm", "depth_unit_m": 1e-3,
+                       **sample.camera}, f)
+        images.append({"id": idx, "file_name": stem + ".png", "height": height, "width": width})
+
+        # Panoptic segments: one per present stuff class, one per instance.
+        pan = np.zeros((height, width), dtype=np.int64)
+        segments = []
+        for k, inst in enumerate(sample.instances, start=1):
+            mask = sample.instance_ids == k
+            x0, y0, w, h = cv2.boundingRect(mask.astype(np.uint8))
+            cat = dataset_id[inst["category"]]
+            annotations.append({
+                "id": ann_id, "image_id": idx, "category_id": cat, "iscrowd": 0,
+                "area": int(mask.sum()), "bbox": [x0, y0, w, h], "segmentation": _rle(mask),
+            })
+            ann_id += 1
+            seg_id = len(segments) + 1
+            pan[mask] = seg_id
+            segments.append({"id": seg_id, "category_id": cat, "iscrowd": 0,
+                             "area": int(mask.sum()), "bbox": [x0, y0, w, h]})
+        for cls, cat in enumerate(CATEGORIES):
+            if cat["isthing"]:
+                continue
+            mask = sample.sem_seg == cls
+            if not mask.any():
+                continue
+            seg_id = len(segments) + 1
+            pan[mask] = seg_id
+            x0, y0, w, h = cv2.boundingRect(mask.astype(np.uint8))
+            segments.append({"id": seg_id, "category_id": cat["id"], "iscrowd": 0,
+                             "area": int(mask.sum()), "bbox": [x0, y0, w, h]})
+        rgb = np.stack([pan % 256, pan // 256 % 256, pan // 65536], axis=-1).astype(np.uint8)
+        _write_png(os.path.join(out_dir, "panoptic", stem + ".png"), rgb[:, :, ::-1])
+        pan_annotations.append({"image_id": idx, "file_name": stem + ".png",
+                                "segments_info": segments})
+
+    thing_cats = [{"id": c["id"], "name": c["name"], "supercategory": "thing"}
+                  for c in CATEGORIES if c["isthing"]]
+    pan_cats = [{"id": c["id"], "name": c["name"], "isthing": c["isthing"], "color": c["color"],
+                 "supercategory": "thing" if c["isthing"] else "stuff"} for c in CATEGORIES]
+    info = {"description": "synthetic scenes (panoptic_curriculum)", "version": GENERATOR_VERSION}
+    with open(os.path.join(out_dir, "instances.json"), "w") as f:
+        json.dump({"info": info, "images": images, "annotations": annotations,
+                   "categories": thing_cats}, f)
+    with open(os.path.join(out_dir, "panoptic.json"), "w") as f:
+        json.dump({"info": info, "images": images, "annotations": pan_annotations,
+                   "categories": pan_cats}, f)
+    return num_images / (time.perf_counter() - start)
+
+
+def _spec(params: Dict) -> Dict:
+    return {"version": GENERATOR_VERSION, **{k: params[k] for k in
+                                             ("num_images", "seed", "height", "width")}}
+
+
+def ensure_generated(split_dir: str, params: Dict) -> None:
+    """Generate the split into ``split_dir`` unless a complete copy with the same spec is
+    there; safe against concurrent callers and interrupted runs."""
+    spec = _spec(params)
+    spec_file = os.path.join(split_dir, "spec.json")
+
+    def complete() -> bool:
+        if not os.path.isfile(spec_file):
+            return False
+        with open(spec_file) as f:
+            return json.load(f) == spec
+
+    if complete():
+        return
+    os.makedirs(os.path.dirname(split_dir), exist_ok=True)
+    with FileLock(split_dir + ".lock"):
+        if complete():
+            return
+        tmp = f"{split_dir}.partial-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        logger.info("Generating %d synthetic scenes into %s ...", spec["num_images"], split_dir)
+        rate = generate_synthetic_scenes(tmp, spec["num_images"], spec["seed"],
+                                         spec["height"], spec["width"])
+        with open(os.path.join(tmp, "spec.json"), "w") as f:
+            json.dump(spec, f)
+        if os.path.exists(split_dir):
+            logger.info("Replacing %s (generated with another spec)", split_dir)
+            shutil.rmtree(split_dir)
+        os.replace(tmp, split_dir)
+        logger.info("Generated %s at %.1f images/s", split_dir, rate)
+
+
+def load_synthetic_scenes(split_dir: str, params: Dict, dataset_name: str = None) -> List[Dict]:
+    """Dataset dicts of one split (generating it first if needed).
+
+    Each dict has detectron2's instance fields (``annotations`` with RLE masks, XYWH_ABS
+    boxes, contiguous ``category_id``), ``sem_seg_file_name``, ``pan_seg_file_name`` and
+    ``segments_info`` (as detectron2's COCO panoptic loader), and the depth fields
+    ``depth_file_name``, ``depth_format`` and ``intrinsics`` (3x3, pixels).
+    """
+    ensure_generated(split_dir, params)
+    dicts = load_coco_json(os.path.join(split_dir, "instances.json"),
+                           os.path.join(split_dir, "image"), dataset_name)
+    meta = get_synthetic_scenes_metadata()
+    stuff_map = meta["stuff_dataset_id_to_contiguous_id"]
+    thing_ids = set(meta["thing_dataset_id_to_contiguous_id"])
+    with open(os.path.join(split_dir, "panoptic.json")) as f:
+        panoptic = {a["image_id"]: a for a in json.load(f)["annotations"]}
+    for d in dicts:
+        stem = os.path.splitext(os.path.basename(d["file_name"]))[0]
+        pan = panoptic[d["image_id"]]
+        d["sem_seg_file_name"] = os.path.join(split_dir, "sem_seg", stem + ".png")
+        d["pan_seg_file_name"] = os.path.join(split_dir, "panoptic", pan["file_name"])
+        d["segments_info"] = [
+            {**s, "category_id": stuff_map[s["category_id"]], "isthing": s["category_id"] in thing_ids}
+            for s in pan["segments_info"]
+        ]
+        camera_file = os.path.join(split_dir, "camera", stem + ".json")
+        with open(camera_file) as f:
+            camera = json.load(f)
+        d["intrinsics"] = camera["K"]
+        d["depth_file_name"] = os.path.join(split_dir, "depth", stem + ".png")
+        d["depth_format"] = camera["depth_format"]
+        for a in d["annotations"]:
+            assert a["bbox_mode"] == BoxMode.XYWH_ABS
+    return dicts
+
+
+def register_synthetic_scenes(name: str, root: str, split: str, num_images: int, seed: int,
+                              height: int, width: int) -> None:
+    """Register a synthetic-scenes split as ``name`` (generated lazily under
+    ``<root>/synthetic_scenes/<split>``). Other sizes, seeds and counts can be registered
+    under new names the same way."""
+    params = dict(num_images=num_images, seed=seed, height=height, width=width)
+    split_dir = os.path.join(root, "synthetic_scenes", split)
+    DatasetCatalog.register(
+        name, lambda split_dir=split_dir, params=params, name=name:
+        load_synthetic_scenes(split_dir, params, name)
+    )
+    MetadataCatalog.get(name).set(
+        image_root=os.path.join(split_dir, "image"),
+        sem_seg_root=os.path.join(split_dir, "sem_seg"),
+        panoptic_root=os.path.join(split_dir, "panoptic"),
+        panoptic_json=os.path.join(split_dir, "panoptic.json"),
+        json_file=os.path.join(split_dir, "instances.json"),
+        **get_synthetic_scenes_metadata(),
+    )
+
+
+def register_all_synthetic_scenes(root: str) -> None:
+    """Register ``synthetic_scenes_train`` and ``synthetic_scenes_val`` under ``root``."""
+    for name, params in SYNTHETIC_SPLITS.items():
+        if name in DatasetCatalog.list():
+            continue
+        register_synthetic_scenes(name, root, **params)
