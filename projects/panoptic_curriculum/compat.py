@@ -155,11 +155,13 @@ def patch_layers_without_extension() -> bool:
     if has_compiled_ops():
         return False
     import detectron2.layers as layers
-    from detectron2.layers import deform_conv, nms
 
+    # the modules themselves: ``detectron2.layers.nms`` is shadowed by the function ``nms``
+    deform_conv = importlib.import_module("detectron2.layers.deform_conv")
+    nms_module = importlib.import_module("detectron2.layers.nms")
     deform_conv.deform_conv = _deform_conv_tv
     deform_conv.modulated_deform_conv = _modulated_deform_conv_tv
-    nms.nms_rotated = _nms_rotated_missing
+    nms_module.nms_rotated = _nms_rotated_missing  # batched_nms_rotated calls it by name
     layers.nms_rotated = _nms_rotated_missing
     return True
 

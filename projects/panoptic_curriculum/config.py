@@ -18,6 +18,9 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
 
     if not hasattr(cfg.MODEL.SEM_SEG_HEAD, "ASPP_CHANNELS"):
         add_deeplab_config(cfg)
+    from .modeling.backbone.xception import add_xception_config
+
+    add_xception_config(cfg)  # MODEL.XCEPTION
 
     # ---------------------------------------------------------------- data: depth + camera
     cfg.INPUT.DEPTH = CN()
@@ -50,13 +53,17 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     cfg.MODEL.PANOPTIC_CURRICULUM.PANOPTIC_OVERLAP_THRESH = 0.5
     # Panoptic fusion: stuff regions smaller than this (pixels) are dropped.
     cfg.MODEL.PANOPTIC_CURRICULUM.PANOPTIC_STUFF_AREA_LIMIT = 64
+    # Parameter-name prefixes frozen (no gradients, normalisation statistics fixed) in any
+    # training run, curriculum or not, e.g. ["backbone"].
+    cfg.MODEL.FREEZE = CN()
+    cfg.MODEL.FREEZE.PREFIXES = []
 
     # ---------------------------------------------------------------- depth head
     cfg.MODEL.DEPTH_HEAD = CN()
     # Name in DEPTH_HEAD_REGISTRY.
     cfg.MODEL.DEPTH_HEAD.NAME = "DeepLabDepthHead"
     # Backbone features the head reads (finest first).
-    cfg.MODEL.DEPTH_HEAD.IN_FEATURES = ["res2", "res5"]
+    cfg.MODEL.DEPTH_HEAD.IN_FEATURES = ["p2", "p3", "p4", "p5"]
     # Channels of the head's convolutions.
     cfg.MODEL.DEPTH_HEAD.CONVS_DIM = 128
     # Normalisation in the head ("", "BN", "GN", "SyncBN").
@@ -98,6 +105,9 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     cfg.MODEL.POINT_HEAD.CONSISTENCY_WEIGHT = 1.0
     # Return the labelled point cloud at inference ("point_cloud" in each output dict).
     cfg.MODEL.POINT_HEAD.INFERENCE_ON = False
+    from .modeling.point_head import add_point_head_config
+
+    add_point_head_config(cfg)  # the PointNet++ layout keys (FP_CHANNELS, NORM, ...)
 
     # ---------------------------------------------------------------- curriculum
     cfg.CURRICULUM = CN()
@@ -109,9 +119,5 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     cfg.CURRICULUM.JOINT_ITER = 1000
     # Base learning rate of the joint fine-tuning stage, as a factor of SOLVER.BASE_LR.
     cfg.CURRICULUM.JOINT_LR_FACTOR = 0.1
-    # Parameter-name prefixes frozen (no gradients, BN statistics fixed) in any training
-    # run, curriculum or not, e.g. ["backbone"].
-    cfg.MODEL.FREEZE = CN()
-    cfg.MODEL.FREEZE.PREFIXES = []
     # Write the point cloud of one training sample every N iterations (0: never).
     cfg.CURRICULUM.POINT_CLOUD_DUMP_PERIOD = 0

@@ -22,6 +22,7 @@ import torch
 __all__ = [
     "pixel_grid",
     "backproject",
+    "backproject_pixels",
     "project",
     "check_intrinsics",
     "resize_intrinsics",
@@ -96,6 +97,23 @@ def backproject(depth: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     u, v = pixel_grid(height, width, device=depth.device, dtype=depth.dtype)
     pix = torch.stack([u, v, torch.ones_like(u)], dim=-1)  # [H, W, 3]
     rays = torch.einsum("bij,hwj->bhwi", _inverse_intrinsics(K.to(depth.dtype)), pix)
+    return rays * depth.unsqueeze(-1)
+
+
+def backproject_pixels(depth: torch.Tensor, uv: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """Lift selected pixels, ``P = d * K^-1 [u, v, 1]^T``.
+
+    Args:
+        depth: ``[B, N]`` depth of each pixel, metres.
+        uv: ``[B, N, 2]`` pixel coordinates ``(u, v)`` (column, row).
+        K: ``[B, 3, 3]`` intrinsics, pixels.
+
+    Returns:
+        ``[B, N, 3]`` camera-frame points, metres.
+    """
+    uv = uv.to(depth.dtype)
+    pix = torch.cat([uv, torch.ones_like(uv[..., :1])], dim=-1)
+    rays = torch.einsum("bij,bnj->bni", _inverse_intrinsics(K.to(depth.dtype)), pix)
     return rays * depth.unsqueeze(-1)
 
 

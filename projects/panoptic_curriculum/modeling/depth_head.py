@@ -1,0 +1,168 @@
+"""Depth heads: metric depth from backbone features, and their losses."""
+import math
+from typing import Dict, List
+
+import fvcore.nn.weight_init as weight_init
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from detectron2.config import configurable
+from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.utils.registry import Registry
+
+__all__ = ["DEPTH_HEAD_REGISTRY", "build_depth_head", "DeepLabDepthHead", "depth_loss"]
+
+DEPTH_HEAD_REGISTRY = Registry("DEPTH_HEAD")
+DEPTH_HEAD_REGISTRY.__doc__ = """
+Registry for depth heads: modules that take the backbone's feature dict and return metric
+depth ``[B, H, W]`` (metres) at the resolution of the padded input batch.
+"""
+
+_LOSS_TYPES = ("silog", "l1_log", "l1")
+
+
+def build_depth_head(cfg, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
+    """Build the depth head named by ``cfg.MODEL.DEPTH_HEAD.NAME``."""
+    return DEPTH_HEAD_REGISTRY.get(cfg.MODEL.DEPTH_HEAD.NAME)(cfg, input_shape)
+
+
+def depth_loss(pred: torch.Tensor, gt: torch.Tensor, loss_type: str, silog_lambda: float = 0.85) -> torch.Tensor:
+    """Depth loss over pixels with valid ground truth.
+
+    Args:
+        pred: ``[B, H, W]`` predicted depth, metres, > 0.
+        gt: ``[B, H, W]`` ground-truth depth, metres, 0 = invalid.
+        loss_type: "silog": scale-invariant log error
+            ``sqrt(mean(g^2) - lambda * mean(g)^2)`` with ``g = log pred - log gt`` (Eigen et
+            al.; lambda = 1 is fully scale invariant, 0 is RMSE of log depth);
+            "l1_log": ``mean |g|``; "l1": ``mean |pred - gt|`` in metres.
+
+    Returns:
+        scalar; 0 (still attached to the graph, never NaN) when no pixel is valid.
+    """
+    if loss_type not in _LOSS_TYPES:
+        raise ValueError(f"MODEL.DEPTH_HEAD.LOSS_TYPE must be one of {_LOSS_TYPES}, got {loss_type!r}")
+    valid = gt > 0
+    count = valid.sum()
+    zero = pred.sum() * 0.0
+    denom = count.clamp(min=1).to(pred.dtype)
+    if loss_type == "l1":
+        loss = (torch.where(valid, (pred - gt).abs(), torch.zeros_like(pred))).sum() / denom
+    else:
+        g = torch.where(valid, torch.log(pred) - torch.log(gt.clamp(min=1e-6)), torch.zeros_like(pred))
+        if loss_type == "l1_log":
+            loss = g.abs().sum() / denom
+        else:
+            mean_sq = (g * g).sum() / denom
+            mean = g.sum() / denom
+            loss = torch.sqrt((mean_sq - silog_lambda * mean * mean).clamp(min=1e-8))
+    return torch.where(count > 0, loss, zero)
+
+
+@DEPTH_HEAD_REGISTRY.register()
+class DeepLabDepthHead(nn.Module):
+    """A light decoder for metric depth.
+
+    Each input feature map is projected to ``conv_dims`` channels (1x1 conv), upsampled to
+    the finest one and summed; two 3x3 convs and a 1x1 predictor give a logit ``x`` at the
+    finest stride, mapped to depth ``exp(log(min) + (log(max) - log(min)) * sigmoid(x))``
+    (so depth is positive and within ``[min_depth, max_depth]`` metres) and upsampled
+    bilinearly to the input resolution.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        input_shape: Dict[str, ShapeSpec],
+        *,
+        conv_dims: int,
+        norm: str,
+        min_depth: float,
+        max_depth: float,
+        loss_type: str,
+        silog_lambda: float,
+        loss_weight: float,
+    ):
+        """
+        Args:
+            input_shape: the features to read (name -> ShapeSpec), any strides.
+            conv_dims: channels of the decoder convolutions.
+            norm: normalisation of the decoder convolutions ("", "BN", "GN", ...).
+            min_depth, max_depth: range of the predicted depth, metres.
+            loss_type, silog_lambda: see :func:`depth_loss`.
+            loss_weight: weight of ``loss_depth``.
+        """
+        super().__init__()
+        if not 0 < min_depth < max_depth:
+            raise ValueError(f"MODEL.DEPTH_HEAD needs 0 < MIN_DEPTH < MAX_DEPTH, got {min_depth}, {max_depth}")
+        if loss_type not in _LOSS_TYPES:
+            raise ValueError(f"MODEL.DEPTH_HEAD.LOSS_TYPE must be one of {_LOSS_TYPES}, got {loss_type!r}")
+        shapes = sorted(input_shape.items(), key=lambda kv: kv[1].stride)
+        self.in_features = [k for k, _ in shapes]
+        self.common_stride = shapes[0][1].stride
+        use_bias = norm == ""
+        self.lateral = nn.ModuleDict()
+        for name, shape in shapes:
+            conv = Conv2d(shape.channels, conv_dims, kernel_size=1, bias=use_bias,
+                          norm=get_norm(norm, conv_dims), activation=F.relu)
+            weight_init.c2_msra_fill(conv)
+            self.lateral[name] = conv
+        self.fuse = nn.Sequential(*[
+            Conv2d(conv_dims, conv_dims, kernel_size=3, padding=1, bias=use_bias,
+                   norm=get_norm(norm, conv_dims), activation=F.relu)
+            for _ in range(2)
+        ])
+        for layer in self.fuse:
+            weight_init.c2_msra_fill(layer)
+        self.predictor = Conv2d(conv_dims, 1, kernel_size=1)
+        nn.init.normal_(self.predictor.weight, 0, 0.001)
+        nn.init.constant_(self.predictor.bias, 0.0)
+        self.log_min, self.log_max = math.log(min_depth), math.log(max_depth)
+        self.min_depth, self.max_depth = min_depth, max_depth
+        self.loss_type, self.silog_lambda, self.loss_weight = loss_type, silog_lambda, loss_weight
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        c = cfg.MODEL.DEPTH_HEAD
+        missing = [f for f in c.IN_FEATURES if f not in input_shape]
+        if missing:
+            raise KeyError(
+                f"MODEL.DEPTH_HEAD.IN_FEATURES {missing} are not backbone outputs "
+                f"{sorted(input_shape)}"
+            )
+        return {
+            "input_shape": {k: input_shape[k] for k in c.IN_FEATURES},
+            "conv_dims": c.CONVS_DIM,
+            "norm": c.NORM,
+            "min_depth": c.MIN_DEPTH,
+            "max_depth": c.MAX_DEPTH,
+            "loss_type": c.LOSS_TYPE,
+            "silog_lambda": c.SILOG_LAMBDA,
+            "loss_weight": c.LOSS_WEIGHT,
+        }
+
+    def forward(self, features: Dict[str, torch.Tensor], output_size) -> torch.Tensor:
+        """
+        Args:
+            features: backbone outputs, ``[B, C, H/s, W/s]`` each.
+            output_size: ``(H, W)`` of the padded input batch.
+
+        Returns:
+            ``[B, H, W]`` depth in metres.
+        """
+        y = None
+        for name in self.in_features:
+            x = self.lateral[name](features[name])
+            if y is None:
+                y = x
+            else:
+                y = y + F.interpolate(x, size=y.shape[-2:], mode="bilinear", align_corners=False)
+        logit = self.predictor(self.fuse(y))
+        log_depth = self.log_min + (self.log_max - self.log_min) * torch.sigmoid(logit)
+        log_depth = F.interpolate(log_depth, size=tuple(output_size), mode="bilinear", align_corners=False)
+        return torch.exp(log_depth[:, 0])
+
+    def losses(self, pred: torch.Tensor, gt: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """``{"loss_depth": weighted loss}``; ``gt`` is ``[B, H, W]`` metres, 0 invalid."""
+        return {"loss_depth": self.loss_weight * depth_loss(pred, gt, self.loss_type, self.silog_lambda)}

@@ -1,0 +1,366 @@
+"""The multi-task meta-architecture: one encoder, one forward pass, four outputs."""
+import logging
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import (
+    META_ARCH_REGISTRY,
+    build_backbone,
+    build_proposal_generator,
+    build_roi_heads,
+    build_sem_seg_head,
+)
+from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
+from detectron2.structures import ImageList
+from detectron2.utils.events import get_event_storage
+
+from ..geometry import backproject_pixels, check_intrinsics, resize_intrinsics
+from .depth_head import build_depth_head
+from .point_head import build_point_head, consistency_loss, point_cross_entropy, sample_pixels
+from .postprocessing import fuse_panoptic, instance_depth_and_centroid
+
+__all__ = ["PanopticCurriculumModel"]
+
+logger = logging.getLogger(__name__)
+
+_INSTANCE_LOSSES = ("loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask")
+
+
+def thing_to_semantic_ids(dataset_name: Optional[str], num_things: int) -> List[int]:
+    """Semantic class id of each thing class, for panoptic fusion.
+
+    Read from the dataset's metadata: a thing's name in ``stuff_classes`` (datasets whose
+    semantic labels list every class: synthetic scenes, Cityscapes, COCO panoptic
+    standard), else the merged ``"things"`` class (COCO panoptic separated). Identity
+    without metadata.
+    """
+    if dataset_name:
+        meta = MetadataCatalog.get(dataset_name)
+        things, stuff = meta.get("thing_classes"), meta.get("stuff_classes")
+        if things and stuff:
+            ids = []
+            for t in things:
+                if t in stuff:
+                    ids.append(stuff.index(t))
+                elif "things" in stuff:
+                    ids.append(stuff.index("things"))
+                else:
+                    raise ValueError(
+                        f"thing class {t!r} of {dataset_name} is not in its stuff_classes, so "
+                        "panoptic fusion cannot tell which semantic class it is"
+                    )
+            return ids
+    return list(range(num_things))
+
+
+@META_ARCH_REGISTRY.register()
+class PanopticCurriculumModel(nn.Module):
+    """Shared encoder with a DeepLabV3+ semantic decoder, a Mask R-CNN instance decoder, a
+    depth head and a PointNet++ point-cloud branch; one backbone call per batch feeds all.
+
+    Training returns weighted losses: ``loss_sem_seg`` (L_2D-seg), ``loss_depth``,
+    ``loss_sem_seg_3d`` (L_3D-seg), ``loss_consistency`` (L_consist) and Mask R-CNN's
+    ``loss_rpn_cls``, ``loss_rpn_loc``, ``loss_cls``, ``loss_box_reg``, ``loss_mask``.
+
+    The point branch back-projects the *predicted* depth at ``num_points`` pixels per image
+    (pixels inside the image with valid ground-truth depth and a label) with the image's K,
+    segments the points, and compares their class distributions with the 2D head's at the
+    same pixels. Every branch is optional; a branch switched off is not built.
+
+    Inference returns, per image at its original ``height x width``: ``"sem_seg"`` ``[C,H,W]``
+    logits, ``"instances"`` (with ``pred_depth`` ``[N]`` metres, the median depth over each
+    mask, and ``pred_centroid`` ``[N, 3]`` metres in camera coordinates), ``"panoptic_seg"``
+    (as Panoptic FPN), ``"depth"`` ``[H, W]`` metres, and with ``point_inference`` a
+    ``"point_cloud"`` dict (``points`` ``[N,3]`` metres, ``pixels`` ``[N,2]`` (u, v) in the
+    original image, ``labels_3d`` and ``labels_2d`` ``[N]``).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        sem_seg_head: Optional[nn.Module],
+        proposal_generator: Optional[nn.Module],
+        roi_heads: Optional[nn.Module],
+        depth_head: Optional[nn.Module],
+        point_head: Optional[nn.Module],
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        sem_seg_loss_weight: float = 1.0,
+        instance_loss_weight: float = 1.0,
+        point_loss_weight: float = 1.0,
+        consistency_weight: float = 1.0,
+        consistency_loss: str = "js",
+        num_points: int = 4096,
+        use_image_features: bool = False,
+        image_feature_name: Optional[str] = None,
+        point_inference: bool = False,
+        thing_to_sem: Sequence[int] = (),
+        panoptic_overlap_threshold: float = 0.5,
+        panoptic_stuff_area_limit: int = 64,
+        panoptic_score_threshold: float = 0.5,
+    ):
+        """
+        Args:
+            backbone: a detectron2 ``Backbone``.
+            sem_seg_head: a DeepLabV3+ head exposing ``layers`` and ``losses``, or None.
+            proposal_generator, roi_heads: Mask R-CNN parts, both or neither.
+            depth_head: module ``(features, output_size) -> [B,H,W]`` metres with ``losses``.
+            point_head: module ``(xyz [B,N,3], valid [B,N], features) -> [B,N,C]`` logits;
+                needs the semantic and depth heads.
+            pixel_mean, pixel_std: per-channel input normalisation (image format's order).
+            sem_seg_loss_weight: weight of ``loss_sem_seg`` (on top of the head's own).
+            instance_loss_weight: weight of every Mask R-CNN loss.
+            point_loss_weight, consistency_weight: weights of L_3D-seg and L_consist.
+            consistency_loss: "js", "sym_kl" or "l2" (see ``point_head.consistency_loss``).
+            num_points: points sampled per image for the point branch.
+            use_image_features: feed the point network the encoder feature
+                ``image_feature_name`` sampled at each point's pixel.
+            point_inference: also run the point branch at inference.
+            thing_to_sem: semantic class id of each thing class (panoptic fusion).
+            panoptic_*: Panoptic FPN fusion thresholds (overlap fraction, stuff area in
+                pixels, instance score).
+        """
+        super().__init__()
+        if (proposal_generator is None) != (roi_heads is None):
+            raise ValueError("the instance decoder needs both a proposal generator and ROI heads")
+        if point_head is not None and (sem_seg_head is None or depth_head is None):
+            raise ValueError("MODEL.POINT_HEAD needs the semantic head and the depth head")
+        self.backbone = backbone
+        self.sem_seg_head = sem_seg_head
+        self.proposal_generator = proposal_generator
+        self.roi_heads = roi_heads
+        self.depth_head = depth_head
+        self.point_head = point_head
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.sem_seg_loss_weight = sem_seg_loss_weight
+        self.instance_loss_weight = instance_loss_weight
+        self.point_loss_weight = point_loss_weight
+        self.consistency_weight = consistency_weight
+        self.consistency_kind = consistency_loss
+        self.num_points = num_points
+        self.use_image_features = use_image_features
+        self.image_feature_name = image_feature_name
+        self.point_inference = point_inference
+        self.thing_to_sem = list(thing_to_sem)
+        self.panoptic_overlap_threshold = panoptic_overlap_threshold
+        self.panoptic_stuff_area_limit = panoptic_stuff_area_limit
+        self.panoptic_score_threshold = panoptic_score_threshold
+
+    @classmethod
+    def from_config(cls, cfg):
+        pc = cfg.MODEL.PANOPTIC_CURRICULUM
+        backbone = build_backbone(cfg)
+        shapes = backbone.output_shape()
+        instance_on = pc.INSTANCE_ON
+        depth_on = pc.DEPTH_ON
+        point_on = cfg.MODEL.POINT_HEAD.ENABLED
+        feat_name = cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES[0] if cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES else None
+        use_img = point_on and cfg.MODEL.POINT_HEAD.USE_IMAGE_FEATURES
+        if use_img and feat_name not in shapes:
+            raise KeyError(f"MODEL.SEM_SEG_HEAD.IN_FEATURES[0] {feat_name!r} is not a backbone output")
+        train_sets = cfg.DATASETS.TRAIN or cfg.DATASETS.TEST
+        return {
+            "backbone": backbone,
+            "sem_seg_head": build_sem_seg_head(cfg, shapes) if pc.SEM_SEG_ON else None,
+            "proposal_generator": build_proposal_generator(cfg, shapes) if instance_on else None,
+            "roi_heads": build_roi_heads(cfg, shapes) if instance_on else None,
+            "depth_head": build_depth_head(cfg, shapes) if depth_on else None,
+            "point_head": build_point_head(cfg, shapes[feat_name].channels if use_img else 0)
+            if point_on else None,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "sem_seg_loss_weight": pc.SEM_SEG_LOSS_WEIGHT,
+            "instance_loss_weight": pc.INSTANCE_LOSS_WEIGHT,
+            "point_loss_weight": cfg.MODEL.POINT_HEAD.LOSS_WEIGHT,
+            "consistency_weight": cfg.MODEL.POINT_HEAD.CONSISTENCY_WEIGHT,
+            "consistency_loss": cfg.MODEL.POINT_HEAD.CONSISTENCY_LOSS,
+            "num_points": cfg.MODEL.POINT_HEAD.NUM_POINTS,
+            "use_image_features": use_img,
+            "image_feature_name": feat_name,
+            "point_inference": cfg.MODEL.POINT_HEAD.INFERENCE_ON,
+            "thing_to_sem": thing_to_semantic_ids(
+                train_sets[0] if train_sets else None, cfg.MODEL.ROI_HEADS.NUM_CLASSES
+            ),
+            "panoptic_overlap_threshold": pc.PANOPTIC_OVERLAP_THRESH,
+            "panoptic_stuff_area_limit": pc.PANOPTIC_STUFF_AREA_LIMIT,
+            "panoptic_score_threshold": pc.PANOPTIC_INSTANCES_CONFIDENCE_THRESH,
+        }
+
+    @property
+    def device(self):
+        return self.pixel_mean.device
+
+    # ------------------------------------------------------------------ helpers
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+
+    def _padded(self, batched_inputs, key, pad_value, images: ImageList, dtype=None):
+        """Stack ``x[key]`` ``[H, W]`` maps, padded like the images; None if any is absent."""
+        if any(key not in x for x in batched_inputs):
+            return None
+        maps = [x[key].to(self.device) for x in batched_inputs]
+        out = ImageList.from_tensors(maps, self.backbone.size_divisibility, pad_value).tensor
+        return out if dtype is None else out.to(dtype)
+
+    def _intrinsics(self, batched_inputs) -> torch.Tensor:
+        missing = [x.get("file_name", i) for i, x in enumerate(batched_inputs) if "intrinsics" not in x]
+        if missing:
+            raise KeyError(
+                f"the point branch (MODEL.POINT_HEAD.ENABLED) needs 'intrinsics' for every "
+                f"sample; missing for {missing}"
+            )
+        return torch.stack([x["intrinsics"].to(self.device, torch.float32) for x in batched_inputs])
+
+    def _image_mask(self, images: ImageList) -> torch.Tensor:
+        """``[B, H, W]`` True inside each image (not padding)."""
+        b, _, h, w = images.tensor.shape
+        sizes = torch.as_tensor(images.image_sizes, device=self.device)
+        rows = torch.arange(h, device=self.device)[None, :, None] < sizes[:, 0, None, None]
+        cols = torch.arange(w, device=self.device)[None, None, :] < sizes[:, 1, None, None]
+        return rows & cols
+
+    def _point_branch(self, features, sem_logits, depth, K, valid):
+        """Sample pixels where ``valid`` ([B,H,W]), lift them with the predicted ``depth``
+        ([B,H,W] metres) and ``K`` ([B,3,3]), and segment them.
+
+        Returns:
+            dict with ``pixel_idx`` [B,N] (flat), ``point_valid`` [B,N], ``xyz`` [B,N,3]
+            metres, ``logits_3d`` and ``logits_2d`` [B,N,C].
+        """
+        b, h, w = depth.shape
+        pixel_idx, point_valid = sample_pixels(valid, self.num_points)
+        uv = torch.stack([pixel_idx % w, pixel_idx // w], dim=-1)
+        d = torch.gather(depth.flatten(1), 1, pixel_idx)
+        xyz = backproject_pixels(d, uv, K)
+        logits_2d = torch.gather(
+            sem_logits.flatten(2), 2, pixel_idx[:, None, :].expand(-1, sem_logits.shape[1], -1)
+        ).transpose(1, 2)
+        point_feats = None
+        if self.use_image_features:
+            fmap = features[self.image_feature_name]
+            grid = torch.stack([(uv[..., 0] + 0.5) / w * 2 - 1, (uv[..., 1] + 0.5) / h * 2 - 1], -1)
+            point_feats = F.grid_sample(fmap, grid[:, :, None, :].to(fmap.dtype), align_corners=False)
+            point_feats = point_feats[..., 0].transpose(1, 2)
+        logits_3d = self.point_head(xyz, point_valid, point_feats)
+        return {"pixel_idx": pixel_idx, "point_valid": point_valid, "xyz": xyz, "uv": uv,
+                "logits_3d": logits_3d, "logits_2d": logits_2d}
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batched_inputs: List[Dict]):
+        """
+        Args:
+            batched_inputs: list of mapper outputs: ``"image"`` ``[3,H,W]``; for training
+                ``"sem_seg"`` ``[H,W]``, ``"instances"``, ``"depth"`` ``[H,W]`` metres; for
+                the point branch ``"intrinsics"`` ``[3,3]``; optional ``"height"``,
+                ``"width"`` (output size at inference).
+        """
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        if not self.training:
+            return self.inference(batched_inputs, images, features)
+
+        losses: Dict[str, torch.Tensor] = {}
+        sem_logits = None
+        if self.sem_seg_head is not None:
+            targets = self._padded(batched_inputs, "sem_seg", self.sem_seg_head.ignore_value, images)
+            if targets is None:
+                raise KeyError("the semantic head needs 'sem_seg' in every training sample")
+            coarse = self.sem_seg_head.layers(features)
+            losses.update({k: v * self.sem_seg_loss_weight
+                           for k, v in self.sem_seg_head.losses(coarse, targets).items()})
+            sem_logits = F.interpolate(coarse, size=images.tensor.shape[-2:], mode="bilinear",
+                                       align_corners=False)
+        if self.proposal_generator is not None:
+            gt = [x["instances"].to(self.device) for x in batched_inputs]
+            proposals, proposal_losses = self.proposal_generator(images, features, gt)
+            _, detector_losses = self.roi_heads(images, features, proposals, gt)
+            for k, v in {**proposal_losses, **detector_losses}.items():
+                losses[k] = v * self.instance_loss_weight
+        depth = None
+        if self.depth_head is not None:
+            gt_depth = self._padded(batched_inputs, "depth", 0.0, images)
+            if gt_depth is None:
+                raise KeyError("the depth head needs 'depth' in every training sample")
+            depth = self.depth_head(features, images.tensor.shape[-2:])
+            losses.update(self.depth_head.losses(depth, gt_depth))
+        if self.point_head is not None:
+            K = self._intrinsics(batched_inputs)
+            valid = self._image_mask(images) & (gt_depth > 0) & (targets != self.sem_seg_head.ignore_value)
+            out = self._point_branch(features, sem_logits, depth, K, valid)
+            labels = torch.gather(targets.flatten(1), 1, out["pixel_idx"])
+            losses["loss_sem_seg_3d"] = self.point_loss_weight * point_cross_entropy(
+                out["logits_3d"], labels, out["point_valid"], self.sem_seg_head.ignore_value
+            )
+            losses["loss_consistency"] = self.consistency_weight * consistency_loss(
+                out["logits_2d"], out["logits_3d"], out["point_valid"], self.consistency_kind
+            )
+            storage = get_event_storage()
+            storage.put_scalar("point_branch/valid_fraction", out["point_valid"].float().mean(), smoothing_hint=True)
+        return losses
+
+    @torch.no_grad()
+    def inference(self, batched_inputs, images: ImageList, features):
+        sem_logits = depth = point_out = None
+        if self.sem_seg_head is not None:
+            sem_logits = F.interpolate(self.sem_seg_head.layers(features), size=images.tensor.shape[-2:],
+                                       mode="bilinear", align_corners=False)
+        if self.depth_head is not None:
+            depth = self.depth_head(features, images.tensor.shape[-2:])
+        instances = None
+        if self.proposal_generator is not None:
+            proposals, _ = self.proposal_generator(images, features, None)
+            instances, _ = self.roi_heads(images, features, proposals, None)
+        needs_k = self.point_head is not None and self.point_inference
+        K = self._intrinsics(batched_inputs) if needs_k else None
+        if needs_k:
+            point_out = self._point_branch(features, sem_logits, depth, K, self._image_mask(images))
+
+        results = []
+        for i, (x, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):
+            height, width = x.get("height", image_size[0]), x.get("width", image_size[1])
+            r: Dict = {}
+            if sem_logits is not None:
+                r["sem_seg"] = sem_seg_postprocess(sem_logits[i], image_size, height, width)
+            depth_i = K_i = None
+            if depth is not None:
+                d = depth[i, : image_size[0], : image_size[1]][None, None]
+                depth_i = F.interpolate(d, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+                r["depth"] = depth_i
+                if "intrinsics" in x:
+                    K_net = x["intrinsics"].to(self.device, torch.float32)
+                    check_intrinsics(K_net, f"intrinsics of {x.get('file_name', i)}")
+                    K_i = resize_intrinsics(K_net, width / image_size[1], height / image_size[0])
+            if instances is not None:
+                inst = detector_postprocess(instances[i], height, width)
+                if depth_i is not None and K_i is not None:
+                    inst.pred_depth, inst.pred_centroid = instance_depth_and_centroid(
+                        inst.pred_masks.bool(), depth_i, K_i
+                    )
+                r["instances"] = inst
+                if sem_logits is not None:
+                    r["panoptic_seg"] = fuse_panoptic(
+                        inst, r["sem_seg"].argmax(dim=0), self.thing_to_sem,
+                        self.panoptic_overlap_threshold, self.panoptic_stuff_area_limit,
+                        self.panoptic_score_threshold,
+                    )
+            if point_out is not None:
+                keep = point_out["point_valid"][i]
+                uv = point_out["uv"][i][keep].to(torch.float32)
+                sx, sy = width / image_size[1], height / image_size[0]
+                r["point_cloud"] = {
+                    "points": point_out["xyz"][i][keep],
+                    "pixels": torch.stack([(uv[:, 0] + 0.5) * sx - 0.5, (uv[:, 1] + 0.5) * sy - 0.5], -1),
+                    "labels_3d": point_out["logits_3d"][i][keep].argmax(-1),
+                    "labels_2d": point_out["logits_2d"][i][keep].argmax(-1),
+                }
+            results.append(r)
+        return results

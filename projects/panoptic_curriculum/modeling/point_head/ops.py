@@ -1,0 +1,269 @@
+"""Batched point-cloud operators in pure torch (any device): sampling, grouping, gathering
+and interpolation for PointNet++-style networks.
+
+Conventions:
+    * Point clouds are ``[B, N, 3]`` camera-frame coordinates in metres (x right, y down,
+      z forward). Each cloud comes with a ``valid`` mask ``[B, N]`` (bool); invalid points
+      are padding: they are never sampled, grouped or interpolated from, so their
+      coordinates and features cannot influence anything computed for valid points.
+    * Index tensors are ``long`` and index the point dimension of their own batch element.
+    * Choosing indices (sampling, neighbour search) is not differentiable; the functions
+      that return indices run under ``torch.no_grad``. Whatever is then computed from the
+      coordinates at those indices (``gather_points``, the interpolation weights of
+      ``three_nn_interpolate``) is differentiable with respect to the coordinates.
+
+Nothing here loops over points or pixels in Python. The single exception is
+``farthest_point_sample``, which is sequential by definition: it runs one loop iteration
+per sampled centroid (each a handful of batched tensor ops, with no host synchronisation).
+"""
+
+from typing import Optional, Tuple
+
+import torch
+
+__all__ = [
+    "farthest_point_sample",
+    "first_occurrence",
+    "knn_group",
+    "ball_query",
+    "gather_points",
+    "three_nn_interpolate",
+    "sample_pixels",
+]
+
+
+def _all_valid(xyz: torch.Tensor) -> torch.Tensor:
+    return torch.ones(xyz.shape[:2], dtype=torch.bool, device=xyz.device)
+
+
+@torch.no_grad()
+def farthest_point_sample(
+    xyz: torch.Tensor,
+    num: int,
+    valid: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Farthest-point sampling of ``num`` centroids per cloud, among valid points only.
+
+    Greedy: start from one valid point, then repeatedly add the valid point whose distance
+    to the already chosen set is largest.
+
+    Args:
+        xyz: ``[B, N, 3]`` coordinates (metres).
+        num: number ``S`` of points to pick per cloud.
+        valid: ``[B, N]`` bool; ``None`` means all points are valid.
+        generator: if given, the start is a uniformly random valid point drawn with it (it
+            must live on ``xyz``'s device); otherwise the start is the first valid point, and
+            the result is deterministic.
+
+    Returns:
+        idx: ``[B, S]`` long. With at least ``S`` valid points (at distinct positions) the
+        picks are distinct. With fewer, every valid point is picked once and the remaining
+        slots repeat an already picked valid index (use :func:`first_occurrence` to tell
+        the repeats). A cloud with no valid point gets index 0 everywhere.
+    """
+    B, N, _ = xyz.shape
+    if valid is None:
+        valid = _all_valid(xyz)
+    if num == 0:
+        return torch.zeros(B, 0, dtype=torch.long, device=xyz.device)
+    xyz = xyz.detach()
+    # Squared distance to the chosen set: +inf for valid points not reached yet, -1 for
+    # invalid points so that a valid point (distance >= 0) always wins the argmax.
+    # Once every valid point is chosen, all of them sit at 0 and argmax returns the first
+    # one: this is the padding by repetition.
+    min_d2 = torch.where(
+        valid,
+        torch.full((B, N), float("inf"), device=xyz.device, dtype=xyz.dtype),
+        torch.full((B, N), -1.0, device=xyz.device, dtype=xyz.dtype),
+    )
+    if generator is None:
+        score = valid.to(xyz.dtype)  # argmax returns the first maximum: first valid point
+    else:
+        score = torch.rand(B, N, generator=generator, device=xyz.device, dtype=xyz.dtype)
+        score = torch.where(valid, score + 1.0, score.new_zeros(()))
+    cur = score.argmax(dim=1)  # [B]
+    picks = []
+    # The one accepted Python loop: FPS is sequential, one iteration per centroid.
+    for _ in range(num):
+        picks.append(cur)
+        centre = xyz.gather(1, cur.view(B, 1, 1).expand(B, 1, 3))  # [B, 1, 3]
+        d2 = (xyz - centre).square().sum(dim=-1)  # [B, N]
+        min_d2 = torch.minimum(min_d2, d2)  # invalid points stay at -1
+        cur = min_d2.argmax(dim=1)
+    return torch.stack(picks, dim=1)
+
+
+@torch.no_grad()
+def first_occurrence(idx: torch.Tensor, num_points: int) -> torch.Tensor:
+    """Mark the first occurrence of each index along dim 1.
+
+    Args:
+        idx: ``[B, S]`` long indices into ``[0, num_points)``.
+        num_points: size ``N`` of the indexed dimension.
+
+    Returns:
+        ``[B, S]`` bool, True where ``idx[b, s]`` does not occur in ``idx[b, :s]``.
+    """
+    B, S = idx.shape
+    pos = torch.arange(S, device=idx.device).expand(B, S)
+    first = torch.full((B, num_points), S, dtype=torch.long, device=idx.device)
+    first = first.scatter_reduce(1, idx, pos, reduce="amin", include_self=True)
+    return first.gather(1, idx) == pos
+
+
+@torch.no_grad()
+def ball_query(
+    xyz: torch.Tensor,
+    centroids: torch.Tensor,
+    k: int,
+    radius: float,
+    valid: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Group ``k`` neighbours of each centroid among the valid points, within ``radius``.
+
+    This is a kNN search (exact Euclidean distances via ``torch.cdist`` + ``topk``, invalid
+    points at +inf distance) in which every neighbour farther than ``radius`` (or invalid,
+    when fewer than ``k`` points are valid) is replaced by the nearest neighbour, the way
+    PointNet++ pads its ball query. A centroid taken from the cloud is its own nearest
+    neighbour, so a group always contains at least that point.
+
+    Args:
+        xyz: ``[B, N, 3]`` points (metres).
+        centroids: ``[B, S, 3]`` query points (metres).
+        k: neighbours per centroid.
+        radius: ball radius (metres); ``<= 0`` disables it (plain kNN, see
+            :func:`knn_group`).
+        valid: ``[B, N]`` bool; ``None`` means all points are valid.
+
+    Returns:
+        idx: ``[B, S, k]`` long, nearest first. No entry is an invalid point unless the
+        cloud has no valid point at all (then entries are arbitrary, in range).
+    """
+    B, N, _ = xyz.shape
+    if valid is None:
+        valid = _all_valid(xyz)
+    dist = torch.cdist(
+        centroids.detach(), xyz.detach(), compute_mode="donot_use_mm_for_euclid_dist"
+    )  # [B, S, N] metres; exact (the matmul form loses precision far from the origin)
+    dist = dist.masked_fill(~valid[:, None, :], float("inf"))
+    k_eff = min(k, N)
+    d_nn, idx = dist.topk(k_eff, dim=-1, largest=False, sorted=True)  # [B, S, k_eff]
+    bad = ~torch.isfinite(d_nn)
+    if radius > 0:
+        bad = bad | (d_nn > radius)
+    nearest = idx[..., :1]
+    idx = torch.where(bad, nearest, idx)
+    if k_eff < k:
+        idx = torch.cat([idx, nearest.expand(B, idx.shape[1], k - k_eff)], dim=-1)
+    return idx
+
+
+def knn_group(
+    xyz: torch.Tensor,
+    centroids: torch.Tensor,
+    k: int,
+    valid: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """The ``k`` nearest valid points of each centroid: ``[B, S, k]`` long, nearest first.
+
+    Same as :func:`ball_query` with no radius (missing neighbours, when fewer than ``k``
+    points are valid, repeat the nearest one).
+    """
+    return ball_query(xyz, centroids, k, 0.0, valid)
+
+
+def gather_points(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Per-batch gather along the point dimension (differentiable with respect to ``x``).
+
+    Args:
+        x: ``[B, N, C]`` per-point values.
+        idx: ``[B, ...]`` long indices into ``[0, N)``.
+
+    Returns:
+        ``[B, ..., C]`` with ``out[b, i..., :] = x[b, idx[b, i...], :]``.
+    """
+    B, N, C = x.shape
+    offset = torch.arange(B, device=idx.device).view(B, *([1] * (idx.dim() - 1))) * N
+    flat = (idx + offset).reshape(-1)
+    return x.reshape(B * N, C).index_select(0, flat).reshape(*idx.shape, C)
+
+
+def three_nn_interpolate(
+    xyz_dst: torch.Tensor,
+    xyz_src: torch.Tensor,
+    feat_src: torch.Tensor,
+    valid_src: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Inverse-distance interpolation from the 3 nearest valid source points.
+
+    ``out[i] = sum_j w_ij f_j / sum_j w_ij`` over the 3 nearest valid sources ``j`` of
+    destination ``i``, with ``w_ij = 1 / max(|x_i - x_j|, 1e-8 m)``. A destination at the
+    position of a source gets (to float precision) that source's features. Fewer than 3
+    valid sources: the valid ones are used; none: the output is 0.
+
+    Differentiable with respect to ``feat_src`` and to both coordinate sets (through the
+    weights); the choice of the 3 neighbours is not.
+
+    Args:
+        xyz_dst: ``[B, Nd, 3]`` destination points (metres).
+        xyz_src: ``[B, Ns, 3]`` source points (metres).
+        feat_src: ``[B, Ns, C]`` source features.
+        valid_src: ``[B, Ns]`` bool; ``None`` means all sources are valid.
+
+    Returns:
+        ``[B, Nd, C]`` interpolated features.
+    """
+    if valid_src is None:
+        valid_src = _all_valid(xyz_src)
+    k = min(3, xyz_src.shape[1])
+    with torch.no_grad():
+        dist = torch.cdist(
+            xyz_dst.detach(), xyz_src.detach(), compute_mode="donot_use_mm_for_euclid_dist"
+        )
+        dist = dist.masked_fill(~valid_src[:, None, :], float("inf"))
+        idx = dist.topk(k, dim=-1, largest=False, sorted=False).indices  # [B, Nd, k]
+        w_valid = valid_src.gather(1, idx.flatten(1)).view_as(idx)
+    # Differentiable distances of the chosen pairs (squared; clamped before the root so
+    # that coincident points give a large finite weight and a zero, not NaN, gradient).
+    d2 = (xyz_dst.unsqueeze(2) - gather_points(xyz_src, idx)).square().sum(dim=-1)
+    eps = max(1e-16, torch.finfo(d2.dtype).tiny)
+    w = torch.rsqrt(d2.clamp(min=eps)) * w_valid.to(d2.dtype)  # [B, Nd, k], 1/metres
+    w = w / w.sum(dim=-1, keepdim=True).clamp(min=eps)
+    return (gather_points(feat_src, idx) * w.unsqueeze(-1)).sum(dim=2)
+
+
+@torch.no_grad()
+def sample_pixels(
+    valid: torch.Tensor, num_points: int, generator: Optional[torch.Generator] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Uniformly sample ``num_points`` distinct valid pixels per image, without replacement.
+
+    Every valid pixel gets a uniform random score (invalid pixels get -1) and the
+    ``num_points`` best scores are kept, which draws a uniformly random subset of the
+    valid pixels.
+
+    Args:
+        valid: ``[B, H, W]`` bool, e.g. pixels with a valid depth.
+        num_points: ``N`` points per image.
+        generator: optional ``torch.Generator`` on ``valid``'s device, for reproducibility.
+
+    Returns:
+        pixel_idx: ``[B, N]`` long flat indices ``v * W + u`` into ``H * W``.
+        point_valid: ``[B, N]`` bool. When an image has ``M < N`` valid pixels, ``M`` slots
+        are valid and the others are padding (False; their indices point at distinct
+        invalid pixels, or at pixel 0 when ``N > H * W``).
+    """
+    B = valid.shape[0]
+    flat = valid.reshape(B, -1)
+    HW = flat.shape[1]
+    score = torch.rand(B, HW, generator=generator, device=valid.device)
+    score = torch.where(flat, score, score.new_full((), -1.0))
+    k = min(num_points, HW)
+    pixel_idx = score.topk(k, dim=1, sorted=False).indices
+    point_valid = flat.gather(1, pixel_idx)
+    if k < num_points:
+        pad = num_points - k
+        pixel_idx = torch.cat([pixel_idx, pixel_idx.new_zeros(B, pad)], dim=1)
+        point_valid = torch.cat([point_valid, point_valid.new_zeros(B, pad)], dim=1)
+    return pixel_idx, point_valid

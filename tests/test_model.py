@@ -1,0 +1,211 @@
+"""The multi-task model: losses, switches, gradients, outputs, one backbone call, bad input."""
+import pytest
+import torch
+
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+from panoptic_curriculum.modeling.postprocessing import fuse_panoptic, instance_depth_and_centroid
+from panoptic_curriculum.geometry import backproject
+
+from model_utils import NUM_CLASSES, fake_sample, tiny_cfg
+
+ALL_LOSSES = {
+    "loss_sem_seg", "loss_depth", "loss_sem_seg_3d", "loss_consistency",
+    "loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask",
+}
+
+
+def _train_losses(model, batch, seed=0):
+    model.train()
+    torch.manual_seed(seed)
+    with EventStorage():
+        return model(batch)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(tiny_cfg())
+
+
+def test_training_step_returns_every_loss(model):
+    batch = [fake_sample(seed=0), fake_sample(seed=1, num_instances=3)]
+    losses = _train_losses(model, batch)
+    assert set(losses) == ALL_LOSSES
+    for k, v in losses.items():
+        assert v.dim() == 0 and torch.isfinite(v), k
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "sem_seg_head" in n and p.requires_grad)
+
+
+def test_one_backbone_call_per_batch(model):
+    calls = []
+    handle = model.backbone.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        _train_losses(model, [fake_sample(seed=0), fake_sample(seed=1)])
+        assert len(calls) == 1
+        model.eval()
+        model([fake_sample(seed=2), fake_sample(seed=3)])
+        assert len(calls) == 2
+    finally:
+        handle.remove()
+
+
+def test_loss_weights_come_from_config():
+    torch.manual_seed(0)
+    base = build_model(tiny_cfg())
+    torch.manual_seed(0)
+    weighted = build_model(tiny_cfg(
+        "configs/synthetic/curriculum_R18_FPN.yaml",
+        "MODEL.PANOPTIC_CURRICULUM.SEM_SEG_LOSS_WEIGHT", 2.0,
+        "MODEL.PANOPTIC_CURRICULUM.INSTANCE_LOSS_WEIGHT", 3.0,
+        "MODEL.DEPTH_HEAD.LOSS_WEIGHT", 4.0,
+        "MODEL.POINT_HEAD.LOSS_WEIGHT", 5.0,
+        "MODEL.POINT_HEAD.CONSISTENCY_WEIGHT", 6.0,
+    ))
+    batch = [fake_sample(seed=0)]
+    a, b = _train_losses(base, batch), _train_losses(weighted, batch)
+    factors = {"loss_sem_seg": 2.0, "loss_depth": 4.0, "loss_sem_seg_3d": 5.0,
+               "loss_consistency": 6.0, "loss_mask": 3.0, "loss_rpn_cls": 3.0}
+    for k, f in factors.items():
+        torch.testing.assert_close(b[k], f * a[k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "overrides, absent_modules, absent_losses",
+    [
+        (["MODEL.POINT_HEAD.ENABLED", False], ["point_head"], {"loss_sem_seg_3d", "loss_consistency"}),
+        (["MODEL.POINT_HEAD.ENABLED", False, "MODEL.PANOPTIC_CURRICULUM.DEPTH_ON", False],
+         ["point_head", "depth_head"], {"loss_sem_seg_3d", "loss_consistency", "loss_depth"}),
+        (["MODEL.PANOPTIC_CURRICULUM.INSTANCE_ON", False], ["proposal_generator", "roi_heads"],
+         {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"}),
+        (["MODEL.POINT_HEAD.ENABLED", False, "MODEL.PANOPTIC_CURRICULUM.SEM_SEG_ON", False],
+         ["point_head", "sem_seg_head"], {"loss_sem_seg_3d", "loss_consistency", "loss_sem_seg"}),
+    ],
+)
+def test_branch_switches_build_and_run_nothing(overrides, absent_modules, absent_losses):
+    m = build_model(tiny_cfg("configs/synthetic/curriculum_R18_FPN.yaml", *overrides))
+    for name in absent_modules:
+        assert getattr(m, name) is None
+        assert not any(n.startswith(name + ".") for n, _ in m.named_parameters())
+    losses = _train_losses(m, [fake_sample(seed=0)])
+    assert set(losses) == ALL_LOSSES - absent_losses
+    m.eval()
+    out = m([fake_sample(seed=0)])[0]
+    if "sem_seg_head" in absent_modules:
+        assert "sem_seg" not in out and "panoptic_seg" not in out
+    if "roi_heads" in absent_modules:
+        assert "instances" not in out and "panoptic_seg" not in out
+    if "depth_head" in absent_modules:
+        assert "depth" not in out
+
+
+def test_point_branch_requires_its_inputs():
+    with pytest.raises(ValueError, match="POINT_HEAD needs the semantic head and the depth head"):
+        build_model(tiny_cfg("configs/synthetic/curriculum_R18_FPN.yaml",
+                             "MODEL.PANOPTIC_CURRICULUM.DEPTH_ON", False))
+
+
+def test_consistency_gradient_reaches_every_part(model):
+    model.zero_grad()
+    losses = _train_losses(model, [fake_sample(seed=0), fake_sample(seed=4)])
+    losses["loss_consistency"].backward()
+
+    def grad_norm(prefix):
+        return sum(p.grad.abs().sum().item() for n, p in model.named_parameters()
+                   if n.startswith(prefix) and p.grad is not None)
+
+    for part in ("sem_seg_head", "point_head", "depth_head", "backbone"):
+        assert grad_norm(part) > 0, part
+    assert grad_norm("roi_heads") == 0  # not part of L_consist
+
+
+def test_inference_outputs_shapes_and_units(model):
+    model.eval()
+    x = fake_sample(h=64, w=96, seed=5)
+    x["height"], x["width"] = 96, 144  # original size 1.5x the network input
+    out = model([x])[0]
+    assert out["sem_seg"].shape == (NUM_CLASSES, 96, 144)
+    assert out["depth"].shape == (96, 144)
+    assert (out["depth"] >= 0.1).all() and (out["depth"] <= 40.0).all()  # metres, in range
+    inst = out["instances"]
+    assert inst.image_size == (96, 144)
+    assert inst.pred_depth.shape == (len(inst),) and inst.pred_centroid.shape == (len(inst), 3)
+    pan, segments = out["panoptic_seg"]
+    assert pan.shape == (96, 144)
+    ids = set(pan.unique().tolist()) - {0}
+    assert ids == {s["id"] for s in segments}
+
+
+def test_point_cloud_at_inference():
+    m = build_model(tiny_cfg("configs/synthetic/curriculum_R18_FPN.yaml", "MODEL.POINT_HEAD.INFERENCE_ON", True))
+    m.eval()
+    out = m([fake_sample(seed=6)])[0]["point_cloud"]
+    n = out["points"].shape[0]
+    assert n == 256 and out["points"].shape == (n, 3) and out["pixels"].shape == (n, 2)
+    assert out["labels_3d"].shape == (n,) and out["labels_2d"].shape == (n,)
+    assert (out["points"][:, 2] > 0).all()
+
+
+def test_missing_intrinsics_is_a_clear_error(model):
+    x = fake_sample(seed=0)
+    del x["intrinsics"]
+    with pytest.raises(KeyError, match="intrinsics.*fake_0.png"):
+        _train_losses(model, [x])
+
+
+def test_no_valid_depth_gives_zero_losses_not_nan(model):
+    batch = [fake_sample(seed=0, depth_value=0.0), fake_sample(seed=1, depth_value=0.0)]
+    losses = _train_losses(model, batch)
+    for k in ("loss_depth", "loss_sem_seg_3d", "loss_consistency"):
+        assert losses[k].item() == 0.0, k
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    model.zero_grad()
+    total.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_images_without_instances_and_odd_sizes(model):
+    batch = [fake_sample(h=61, w=87, num_instances=0, seed=0), fake_sample(h=70, w=99, seed=1)]
+    losses = _train_losses(model, batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+    model.eval()
+    outs = model(batch)
+    assert outs[0]["sem_seg"].shape[-2:] == (61, 87) and outs[1]["depth"].shape == (70, 99)
+
+
+def test_instance_depth_and_centroid_on_a_plane():
+    h, w = 40, 60
+    depth = torch.full((h, w), 5.0)
+    K = torch.tensor([[50.0, 0, 29.5], [0, 50.0, 19.5], [0, 0, 1]])
+    masks = torch.zeros(2, h, w, dtype=torch.bool)
+    masks[0, 10:20, 5:15] = True
+    masks[1, :, :] = True
+    depth[0, 0] = 0.0  # invalid pixel ignored
+    median, centroid = instance_depth_and_centroid(masks, depth, K)
+    torch.testing.assert_close(median, torch.tensor([5.0, 5.0]))
+    pts = backproject(depth[None], K[None])[0]
+    torch.testing.assert_close(centroid[0], pts[10:20, 5:15].reshape(-1, 3).mean(0))
+    assert centroid[1, 2].item() == pytest.approx(5.0)
+
+
+def test_fuse_panoptic():
+    from detectron2.structures import Instances
+
+    sem = torch.full((10, 10), 4)
+    sem[:, 5:] = 5
+    inst = Instances((10, 10))
+    masks = torch.zeros(3, 10, 10, dtype=torch.bool)
+    masks[0, 0:4, 0:4] = True
+    masks[1, 0:4, 1:4] = True  # mostly covered by the higher-scoring instance 0: dropped
+    masks[2, 6:9, 6:9] = True
+    inst.pred_masks, inst.scores = masks, torch.tensor([0.9, 0.8, 0.3])
+    inst.pred_classes = torch.tensor([0, 1, 2])
+    pan, segs = fuse_panoptic(inst, sem, [0, 1, 2, 3], 0.5, 5, 0.5)
+    things = [s for s in segs if s["isthing"]]
+    assert [s["category_id"] for s in things] == [0]  # low score and overlapped ones dropped
+    stuff = {s["category_id"]: s["area"] for s in segs if not s["isthing"]}
+    assert stuff == {4: 50 - 16, 5: 50}
+    assert (pan[0:4, 0:4] == things[0]["id"]).all()
