@@ -55,8 +55,23 @@ def _missing_message(op: str) -> str:
     )
 
 
+_NOT_BUILT = "not built (no compiled extension; see panoptic_curriculum.compat)"
+
+
 class _MissingExtension(types.ModuleType):
-    """Stands in for ``detectron2._C``; any operator lookup raises MissingOperatorError."""
+    """Stands in for ``detectron2._C``; any operator lookup raises MissingOperatorError.
+
+    The two build-information functions that ``detectron2.utils.collect_env`` (run by
+    ``default_setup``) calls answer that the extension is not built.
+    """
+
+    @staticmethod
+    def get_compiler_version():
+        return _NOT_BUILT
+
+    @staticmethod
+    def get_cuda_version():
+        return _NOT_BUILT
 
     def __getattr__(self, name):
         if name.startswith("__"):

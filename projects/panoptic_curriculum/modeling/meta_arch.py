@@ -58,6 +58,21 @@ def thing_to_semantic_ids(dataset_name: Optional[str], num_things: int) -> List[
     return list(range(num_things))
 
 
+def _raise_if_not_finite(losses: Dict[str, torch.Tensor]) -> None:
+    """Stop training with a message naming the non-finite loss(es) and the iteration (one
+    device sync per step; detectron2's metric writer syncs on every loss anyway)."""
+    values = torch.stack([v.detach().float() for v in losses.values()])
+    if bool(torch.isfinite(values).all()):
+        return
+    bad = {k: float(v) for k, v in losses.items() if not torch.isfinite(v.detach()).all()}
+    try:
+        where = f"iteration {get_event_storage().iter}"
+    except AssertionError:  # called outside an EventStorage
+        where = "this step"
+    raise FloatingPointError(f"non-finite loss at {where}: {bad} (all losses: "
+                             f"{ {k: float(v) for k, v in losses.items()} })")
+
+
 @META_ARCH_REGISTRY.register()
 class PanopticCurriculumModel(nn.Module):
     """Shared encoder with a DeepLabV3+ semantic decoder, a Mask R-CNN instance decoder, a
@@ -303,8 +318,10 @@ class PanopticCurriculumModel(nn.Module):
             losses["loss_consistency"] = self.consistency_weight * consistency_loss(
                 out["logits_2d"], out["logits_3d"], out["point_valid"], self.consistency_kind
             )
-            storage = get_event_storage()
-            storage.put_scalar("point_branch/valid_fraction", out["point_valid"].float().mean(), smoothing_hint=True)
+            get_event_storage().put_scalar(
+                "point_branch/valid_fraction", out["point_valid"].float().mean(), smoothing_hint=True
+            )
+        _raise_if_not_finite(losses)
         return losses
 
     @torch.no_grad()

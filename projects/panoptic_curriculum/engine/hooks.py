@@ -1,0 +1,40 @@
+"""Training hooks of the plugin."""
+import random
+
+import numpy as np
+import torch
+
+from detectron2.engine import HookBase
+
+__all__ = ["RNGStateHook"]
+
+
+class RNGStateHook(HookBase):
+    """Makes the random number generators part of every checkpoint (through the trainer's
+    ``state_dict``), so that a resumed run draws the same random numbers (proposal sampling,
+    point sampling, dropout) as an uninterrupted one. Stored as tensors and plain numbers,
+    loadable with ``torch.load(weights_only=True)``."""
+
+    def state_dict(self):
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        version, py_state, gauss = random.getstate()
+        state = {
+            "torch": torch.get_rng_state(),
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached": float(cached)},
+            "python": {"version": version, "state": torch.tensor(py_state, dtype=torch.int64),
+                       "gauss": gauss},
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state):
+        torch.set_rng_state(state["torch"])
+        n = state["numpy"]
+        np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                             n["has_gauss"], n["cached"]))
+        p = state["python"]
+        random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss"]))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,165 @@
+"""The plugin's detectron2 trainer: RGB-D data, freezing, evaluators, atomic checkpoints and
+exactly resumable training."""
+import logging
+import os
+import weakref
+from collections import OrderedDict
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from detectron2.data import MetadataCatalog, build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.data.build import build_batch_data_loader
+from detectron2.data.common import MapDataset
+from detectron2.engine import DefaultTrainer
+from detectron2.engine import defaults as d2_defaults
+from detectron2.evaluation import (
+    CityscapesInstanceEvaluator,
+    CityscapesSemSegEvaluator,
+    COCOEvaluator,
+    COCOPanopticEvaluator,
+    DatasetEvaluators,
+    SemSegEvaluator,
+)
+from detectron2.modeling import build_model
+from detectron2.projects.deeplab import build_lr_scheduler as build_deeplab_lr_scheduler
+from detectron2.utils import comm
+
+from ..data.dataset_mapper import RGBDDatasetMapper
+from ..evaluation import DepthEvaluator
+from .checkpoint import AtomicCheckpointer
+from .data import PositionalDataset, ResumableTrainingSampler, SeededMapper
+from .freeze import freeze_modules
+from .hooks import RNGStateHook
+
+__all__ = ["PanopticCurriculumTrainer", "create_ddp_model"]
+
+logger = logging.getLogger(__name__)
+
+
+def create_ddp_model(model, *, fp16_compression=False, **kwargs):
+    """detectron2's ``create_ddp_model`` that also wraps CPU models (gloo): ``device_ids``
+    is only passed for CUDA models. Identical to detectron2's for GPU models."""
+    if comm.get_world_size() == 1:
+        return model
+    if "device_ids" not in kwargs and next(model.parameters()).is_cuda:
+        kwargs["device_ids"] = [comm.get_local_rank()]
+    ddp = DistributedDataParallel(model, **kwargs)
+    if fp16_compression:
+        from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks
+
+        ddp.register_comm_hook(state=None, hook=comm_hooks.fp16_compress_hook)
+    return ddp
+
+
+# DefaultTrainer.__init__ calls the module-level function; v0.6's passes CUDA device ids even
+# for CPU models, which DistributedDataParallel rejects.
+d2_defaults.create_ddp_model = create_ddp_model
+
+
+class PanopticCurriculumTrainer(DefaultTrainer):
+    """detectron2's ``DefaultTrainer`` for the multi-task model.
+
+    * data: :class:`RGBDDatasetMapper`, and a training stream that is a pure function of
+      ``(cfg.SEED, position)`` so that resuming reproduces the uninterrupted run;
+    * ``MODEL.FREEZE.PREFIXES`` frozen after building the model;
+    * evaluators chosen from the dataset's ``evaluator_type`` and the branches that are on,
+      plus :class:`DepthEvaluator` for datasets with depth;
+    * poly / step LR schedules of detectron2's DeepLab project;
+    * atomic checkpoints that also carry the RNG states.
+    """
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build_model(cls, cfg):
+        model = build_model(cfg)
+        if cfg.MODEL.FREEZE.PREFIXES:
+            freeze_modules(model, cfg.MODEL.FREEZE.PREFIXES)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        logger.info("Model: %.2fM parameters, %.2fM trainable", total / 1e6, trainable / 1e6)
+        return model
+
+    @classmethod
+    def build_train_loader(cls, cfg, start_iter: int = 0):
+        dicts = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        )
+        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        sampler = ResumableTrainingSampler(
+            len(dicts), seed=seed, start=start_iter * cfg.SOLVER.IMS_PER_BATCH
+        )
+        dataset = MapDataset(PositionalDataset(dicts), SeededMapper(RGBDDatasetMapper(cfg, True), seed))
+        return build_batch_data_loader(
+            dataset, sampler, cfg.SOLVER.IMS_PER_BATCH,
+            aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+        )
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=RGBDDatasetMapper(cfg, False))
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_deeplab_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """Evaluators for ``dataset_name`` given its ``evaluator_type`` and the model's
+        branches: semantic (SemSeg / Cityscapes), instances (COCO / Cityscapes), panoptic
+        (COCO panoptic, needs both) and depth (datasets with ``has_depth``)."""
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        meta = MetadataCatalog.get(dataset_name)
+        kind = meta.get("evaluator_type", None)
+        pc = cfg.MODEL.PANOPTIC_CURRICULUM
+        sem, inst = pc.SEM_SEG_ON, pc.INSTANCE_ON
+        evaluators = []
+        if kind in ("coco_panoptic_seg", "coco", "sem_seg"):
+            if sem and meta.get("stuff_classes"):
+                evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+            if inst and kind != "sem_seg":
+                evaluators.append(COCOEvaluator(dataset_name, ("bbox", "segm"), True, output_folder))
+            if sem and inst and kind == "coco_panoptic_seg":
+                evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
+        elif kind in ("cityscapes_depth", "cityscapes_sem_seg", "cityscapes_instance"):
+            if sem and kind != "cityscapes_instance":
+                evaluators.append(CityscapesSemSegEvaluator(dataset_name))
+            if inst and kind != "cityscapes_sem_seg":
+                evaluators.append(CityscapesInstanceEvaluator(dataset_name))
+        if pc.DEPTH_ON and meta.get("has_depth", False):
+            evaluators.append(DepthEvaluator(
+                dataset_name, min_depth=cfg.INPUT.DEPTH.MIN_DEPTH,
+                max_depth=cfg.INPUT.DEPTH.MAX_DEPTH, output_dir=output_folder,
+            ))
+        if not evaluators:
+            raise NotImplementedError(
+                f"no evaluator for dataset {dataset_name} (evaluator_type {kind!r}) with the "
+                "branches that are on"
+            )
+        return DatasetEvaluators(evaluators)
+
+    def build_hooks(self):
+        # the checkpointer the default hooks use: atomic writes, RNG state included
+        self.checkpointer = AtomicCheckpointer(
+            self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        ret = super().build_hooks()
+        ret.insert(0, RNGStateHook())
+        return ret
+
+    # ------------------------------------------------------------------ resuming
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        if self.start_iter > 0:
+            # restart the data stream where the interrupted run stopped
+            loader = self.build_train_loader(self.cfg, start_iter=self.start_iter)
+            self._trainer.data_loader = loader
+            self._trainer._data_loader_iter = iter(loader)
+            logger.info("Resumed at iteration %d; data stream restarted there", self.start_iter)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        results = super().test(cfg, model, evaluators)
+        return results if results else OrderedDict()

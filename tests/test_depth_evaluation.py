@@ -1,0 +1,219 @@
+"""Tests of panoptic_curriculum.evaluation.DepthEvaluator on tiny hand-made depth PNGs
+("png_mm": uint16 millimetres) with analytic or hand-computed metric values, plus one
+two-process (gloo) run checking that distributed gathering gives the single-process result."""
+import json
+import math
+import os
+import pickle
+from datetime import timedelta
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import panoptic_curriculum  # noqa: F401  (detectron2 compatibility fixes, dataset registration)
+from panoptic_curriculum.data.depth_io import encode_depth_png_mm
+from panoptic_curriculum.evaluation import DepthEvaluator
+
+METRICS = ("AbsRel", "SqRel", "RMSE", "RMSE_log", "d1", "d2", "d3")
+
+
+def make_dict(tmp_path, name, depth_m):
+    """Write ``depth_m`` ([H, W] metres, 0 invalid) as a png_mm file; return its dataset dict."""
+    depth_m = np.asarray(depth_m, dtype=np.float64)
+    path = os.path.join(str(tmp_path), f"{name}_depth.png")
+    assert cv2.imwrite(path, encode_depth_png_mm(depth_m))
+    h, w = depth_m.shape
+    return {
+        "file_name": os.path.join(str(tmp_path), f"{name}.png"),
+        "depth_file_name": path,
+        "depth_format": "png_mm",
+        "height": h,
+        "width": w,
+    }
+
+
+def run_eval(dicts, preds, **kwargs):
+    """Single-process evaluation of ``dicts`` with predictions ``preds`` ([H, W] metres each)."""
+    ev = DepthEvaluator("test", distributed=False, **kwargs)
+    ev.reset()
+    for d, p in zip(dicts, preds):
+        out = {} if p is None else {"depth": torch.as_tensor(p, dtype=torch.float32)}
+        ev.process([d], [out])
+    return ev.evaluate()
+
+
+GT_A = np.array([[2.0, 4.0, 5.0], [10.0, 1.5, 3.0]])
+
+
+def test_perfect_prediction(tmp_path):
+    d = make_dict(tmp_path, "a", GT_A)
+    res = run_eval([d], [GT_A])["depth"]
+    for m in ("AbsRel", "SqRel", "RMSE", "RMSE_log"):
+        assert res[m] == pytest.approx(0.0, abs=1e-6)
+    assert res["d1"] == res["d2"] == res["d3"] == 1.0
+    assert res["num_images"] == 1 and res["num_images_skipped"] == 0
+
+
+def test_scaled_prediction_analytic(tmp_path):
+    d = make_dict(tmp_path, "a", GT_A)
+    res = run_eval([d], [1.1 * GT_A])
+    g = GT_A.ravel()
+    expected = {
+        "AbsRel": 0.1,
+        "SqRel": 0.01 * g.mean(),
+        "RMSE": 0.1 * math.sqrt((g**2).mean()),
+        "RMSE_log": math.log(1.1),
+        "d1": 1.0,
+        "d2": 1.0,
+        "d3": 1.0,
+    }
+    for task in ("depth", "depth_pooled"):  # one image: both conventions agree
+        for m, v in expected.items():
+            assert res[task][m] == pytest.approx(v, rel=1e-5), (task, m)
+
+
+def test_delta_thresholds_and_per_image_vs_pooled(tmp_path):
+    # image A: 4 valid pixels at 2 m, one predicted 1.3x (ratio 1.3: fails d1, passes d2)
+    gt_a = np.full((2, 2), 2.0)
+    pred_a = np.array([[2.0, 2.0], [2.0, 2.6]])
+    # image B: 1 valid pixel at 4 m predicted 7.6 m (ratio 1.9: only d3); others invalid GT
+    gt_b = np.array([[4.0, 0.0], [0.0, 0.0]])
+    pred_b = np.array([[7.6, 100.0], [5.0, 5.0]])
+    dicts = [make_dict(tmp_path, "a", gt_a), make_dict(tmp_path, "b", gt_b)]
+    res = run_eval(dicts, [pred_a, pred_b])
+
+    per_image = res["depth"]  # average of per-image metrics
+    assert per_image["d1"] == pytest.approx((0.75 + 0.0) / 2)
+    assert per_image["d2"] == pytest.approx((1.0 + 0.0) / 2)
+    assert per_image["d3"] == pytest.approx(1.0)
+    assert per_image["AbsRel"] == pytest.approx((0.3 / 4 + 0.9) / 2, rel=1e-5)
+    assert per_image["SqRel"] == pytest.approx((0.18 / 4 + 3.24) / 2, rel=1e-5)
+    assert per_image["RMSE"] == pytest.approx((0.3 + 3.6) / 2, rel=1e-5)
+    rmse_log_a = math.sqrt(math.log(1.3) ** 2 / 4)
+    assert per_image["RMSE_log"] == pytest.approx((rmse_log_a + math.log(1.9)) / 2, rel=1e-5)
+    assert per_image["num_images"] == 2
+
+    pooled = res["depth_pooled"]  # every valid pixel weighs the same (5 pixels)
+    assert pooled["num_pixels"] == 5
+    assert pooled["d1"] == pytest.approx(3 / 5)
+    assert pooled["d2"] == pytest.approx(4 / 5)
+    assert pooled["d3"] == pytest.approx(1.0)
+    assert pooled["AbsRel"] == pytest.approx((0.3 + 0.9) / 5, rel=1e-5)
+    assert pooled["SqRel"] == pytest.approx((0.18 + 3.24) / 5, rel=1e-5)
+    assert pooled["RMSE"] == pytest.approx(math.sqrt((0.36 + 12.96) / 5), rel=1e-5)
+    log_sq = math.log(1.3) ** 2 + math.log(1.9) ** 2
+    assert pooled["RMSE_log"] == pytest.approx(math.sqrt(log_sq / 5), rel=1e-5)
+
+
+def test_invalid_gt_ignored_and_predictions_clamped(tmp_path):
+    # GT: 0 (invalid), 60 m (> max_depth 50), 0.5 m (< min_depth 1), then valid 10 m pixels
+    gt = np.array([[0.0, 60.0, 0.5], [10.0, 10.0, 10.0]])
+    wild = np.array([[1e6, -5.0, float("nan")], [10.0, 10.0, 10.0]])
+    res = run_eval([make_dict(tmp_path, "a", gt)], [wild], min_depth=1.0, max_depth=50.0)
+    assert res["depth"]["AbsRel"] == pytest.approx(0.0, abs=1e-6)
+    assert res["depth"]["d1"] == 1.0
+    assert res["depth_pooled"]["num_pixels"] == 3
+
+    # predictions are clamped to [min_depth, max_depth]: 200 -> 50, 0 -> 1 (finite log)
+    gt2 = np.array([[10.0, 2.0]])
+    pred2 = np.array([[200.0, 0.0]])
+    res2 = run_eval([make_dict(tmp_path, "b", gt2)], [pred2], min_depth=1.0, max_depth=50.0)
+    assert res2["depth"]["AbsRel"] == pytest.approx((4.0 + 0.5) / 2, rel=1e-5)
+    assert res2["depth"]["RMSE_log"] == pytest.approx(
+        math.sqrt((math.log(5.0) ** 2 + math.log(0.5) ** 2) / 2), rel=1e-5
+    )
+    assert res2["depth"]["d3"] == 0.0
+
+
+def test_wrong_prediction_size_names_the_file(tmp_path):
+    d = make_dict(tmp_path, "sized", GT_A)
+    ev = DepthEvaluator("test", distributed=False)
+    with pytest.raises(ValueError, match=r"sized_depth\.png.*\(3, 3\).*\(2, 3\)"):
+        ev.process([d], [{"depth": torch.ones(3, 3)}])
+
+
+def test_inputs_without_depth_and_without_valid_pixels_are_skipped(tmp_path):
+    good = make_dict(tmp_path, "good", GT_A)
+    empty = make_dict(tmp_path, "empty", np.zeros((2, 3)))
+    coco = {"file_name": "coco.jpg", "height": 2, "width": 3}
+    res = run_eval([coco, good, empty, coco], [None, GT_A, GT_A, None])["depth"]
+    assert res["num_images"] == 1
+    assert res["num_images_skipped"] == 1
+    assert res["num_images_no_depth"] == 2
+    assert res["AbsRel"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_no_depth_at_all_returns_empty(caplog):
+    coco = {"file_name": "coco.jpg", "height": 2, "width": 3}
+    with caplog.at_level("WARNING"):
+        assert run_eval([coco, coco], [None, None]) == {}
+    assert "no image has ground-truth depth" in caplog.text
+
+
+def test_output_json_written_atomically(tmp_path):
+    out = tmp_path / "out"
+    d = make_dict(tmp_path, "a", GT_A)
+    res = run_eval([d], [1.1 * GT_A], output_dir=str(out))
+    assert os.listdir(out) == ["depth_evaluation.json"]  # no temp file left behind
+    payload = json.loads((out / "depth_evaluation.json").read_text())
+    assert payload["results"]["depth"]["AbsRel"] == pytest.approx(res["depth"]["AbsRel"])
+    assert len(payload["per_image"]) == 1
+    assert payload["per_image"][0]["depth_file_name"] == d["depth_file_name"]
+    assert payload["per_image"][0]["AbsRel"] == pytest.approx(0.1, rel=1e-5)
+
+
+def _dist_worker(rank, init_file, dicts, preds, result_file):
+    """One of two gloo processes: evaluate every other image, rank 0 pickles the result."""
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    dist.init_process_group(
+        backend="gloo",
+        init_method=f"file://{init_file}",
+        world_size=2,
+        rank=rank,
+        timeout=timedelta(seconds=60),
+    )
+    comm._LOCAL_PROCESS_GROUP = dist.new_group([0, 1])  # as detectron2's launch() does
+    try:
+        ev = DepthEvaluator("test")  # distributed=True by default
+        ev.reset()
+        for d, p in list(zip(dicts, preds))[rank::2]:
+            out = {} if p is None else {"depth": torch.as_tensor(p, dtype=torch.float32)}
+            ev.process([d], [out])
+        res = ev.evaluate()
+        if rank == 0:
+            with open(result_file, "wb") as f:
+                pickle.dump(res, f)
+        else:
+            assert res is None
+        comm.synchronize()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_gather_matches_single_process(tmp_path):
+    rng = np.random.default_rng(0)
+    dicts, preds = [], []
+    for i in range(5):
+        gt = np.round(rng.uniform(0.5, 30.0, size=(4, 5)), 3)
+        gt[rng.random((4, 5)) < 0.3] = 0.0  # different valid counts per image
+        dicts.append(make_dict(tmp_path, f"img{i}", gt))
+        preds.append(gt * rng.uniform(0.7, 1.4, size=gt.shape) + 0.1)
+    dicts.append({"file_name": "coco.jpg", "height": 4, "width": 5})  # no depth
+    preds.append(None)
+    expected = run_eval(dicts, preds)
+
+    result_file = str(tmp_path / "rank0.pkl")
+    torch.multiprocessing.spawn(
+        _dist_worker,
+        args=(str(tmp_path / "dist_init"), dicts, preds, result_file),
+        nprocs=2,
+        join=True,
+    )
+    with open(result_file, "rb") as f:
+        got = pickle.load(f)
+    assert got == expected
+    assert got["depth"]["num_images"] == 5 and got["depth"]["num_images_no_depth"] == 1
