@@ -26,6 +26,7 @@ from tabulate import tabulate
 from detectron2.config import CfgNode
 from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage, JSONWriter, TensorboardXWriter
 
 from .checkpoint import AtomicCheckpointer, atomic_write_text
@@ -126,6 +127,9 @@ def _run_stage(cfg: CfgNode, stage: str, root: str, trainer_cls) -> Dict:
             f"the '{stage}' stage starts from {c.MODEL.WEIGHTS}, which does not exist; run the "
             "earlier stages first"
         )
+    # each stage starts from the same RNG state whatever ran before it in this process
+    # (a resumed run then restores the checkpointed state)
+    seed_all_rng(None if c.SEED < 0 else c.SEED + comm.get_rank())
     trainer = trainer_cls(c)
     trainer.resume_or_load(resume=True)
     trainer.train()

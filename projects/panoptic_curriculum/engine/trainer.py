@@ -13,6 +13,7 @@ from detectron2.data.build import build_batch_data_loader
 from detectron2.data.common import MapDataset
 from detectron2.engine import DefaultTrainer
 from detectron2.engine import defaults as d2_defaults
+from detectron2.engine import hooks as d2_hooks
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
     CityscapesSemSegEvaluator,
@@ -31,6 +32,7 @@ from .checkpoint import AtomicCheckpointer
 from .data import PositionalDataset, ResumableTrainingSampler, SeededMapper
 from .freeze import freeze_modules
 from .hooks import RNGStateHook
+from .pointcloud_hook import build_pointcloud_hook
 
 __all__ = ["PanopticCurriculumTrainer", "create_ddp_model"]
 
@@ -57,6 +59,25 @@ def create_ddp_model(model, *, fp16_compression=False, **kwargs):
 d2_defaults.create_ddp_model = create_ddp_model
 
 
+class RNGNeutralIterator:
+    """Fetches batches without touching the global torch RNG of the training process.
+
+    A DataLoader draws its worker base seed from the global RNG when its iteration starts
+    (lazily, at the first batch); after a resume that draw would land in the middle of the
+    restored training stream. Sample randomness comes from :class:`SeededMapper` instead.
+    """
+
+    def __init__(self, iterator):
+        self._it = iterator
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        with torch.random.fork_rng(devices=[]):
+            return next(self._it)
+
+
 class PanopticCurriculumTrainer(DefaultTrainer):
     """detectron2's ``DefaultTrainer`` for the multi-task model.
 
@@ -68,6 +89,10 @@ class PanopticCurriculumTrainer(DefaultTrainer):
     * poly / step LR schedules of detectron2's DeepLab project;
     * atomic checkpoints that also carry the RNG states.
     """
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self._trainer._data_loader_iter = RNGNeutralIterator(self._trainer._data_loader_iter)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -147,16 +172,32 @@ class PanopticCurriculumTrainer(DefaultTrainer):
         )
         ret = super().build_hooks()
         ret.insert(0, RNGStateHook())
+        dump = build_pointcloud_hook(self.cfg)
+        if dump is not None:  # before the writers, so its scalar is written in the same step
+            writers = [i for i, h in enumerate(ret) if isinstance(h, d2_hooks.PeriodicWriter)]
+            ret.insert(writers[0] if writers else len(ret), dump)
         return ret
 
     # ------------------------------------------------------------------ resuming
+    def state_dict(self):
+        # v0.6's DefaultTrainer leaves the optimizer (momentum, current LR) out of its
+        # checkpoints; a resumed run would restart them from scratch
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)
         if self.start_iter > 0:
             # restart the data stream where the interrupted run stopped
             loader = self.build_train_loader(self.cfg, start_iter=self.start_iter)
             self._trainer.data_loader = loader
-            self._trainer._data_loader_iter = iter(loader)
+            self._trainer._data_loader_iter = RNGNeutralIterator(iter(loader))
             logger.info("Resumed at iteration %d; data stream restarted there", self.start_iter)
 
     @classmethod

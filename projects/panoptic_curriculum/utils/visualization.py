@@ -42,6 +42,17 @@ __all__ = [
     "PointCloudRenderer",
     "render_point_cloud",
     "IGNORED_POINT_COLOR",
+    "DISAGREEMENT_COLOR",
+    "AGREEMENT_COLOR",
+    "label_point_colors",
+    "disagreement_point_colors",
+    "add_title",
+    "tile_panels",
+    "render_point_cloud_panels",
+    "display_available",
+    "show_point_clouds",
+    "draw_prediction",
+    "prediction_point_cloud",
 ]
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -571,3 +582,251 @@ def render_point_cloud(
         shared.point_size = float(point_size)
         shared.background = tuple(float(c) for c in background)
         return shared.render(points, colors)
+
+
+# --------------------------------------------------------------------------------------------
+# Predictions, point colours and titled panels (tools/demo.py, tools/visualize_pointcloud.py)
+# --------------------------------------------------------------------------------------------
+#: colour (RGB, 0..1) of the points where two labellings disagree
+DISAGREEMENT_COLOR = (1.0, 0.0, 1.0)
+#: colour (RGB, 0..1) of the points where they agree
+AGREEMENT_COLOR = (0.45, 0.45, 0.45)
+
+_TITLE_BAR_HEIGHT = 26  # pixels
+_TITLE_BACKGROUND = (24, 24, 24)  # RGB
+
+
+def label_point_colors(labels: ArrayLike, colors: ArrayLike, ignore_label: int = 255) -> np.ndarray:
+    """Colour points by class.
+
+    Args:
+        labels: ``(N,)`` integer class ids.
+        colors: ``(C, 3)`` class colours in 0..255 (``metadata.stuff_colors``).
+        ignore_label: points with this label (or any label outside ``[0, C)``) are grey,
+            :data:`IGNORED_POINT_COLOR`.
+
+    Returns:
+        ``(N, 3)`` float32 RGB in 0..1.
+    """
+    lab = _to_numpy(labels).astype(np.int64).reshape(-1)
+    palette = np.asarray(_to_numpy(colors), dtype=np.float32).reshape(-1, 3) / 255.0
+    out = np.empty((lab.shape[0], 3), dtype=np.float32)
+    out[:] = IGNORED_POINT_COLOR
+    known = (lab != ignore_label) & (lab >= 0) & (lab < len(palette))
+    out[known] = palette[lab[known]]
+    return out
+
+
+def disagreement_point_colors(
+    labels_a: ArrayLike,
+    labels_b: ArrayLike,
+    highlight: Sequence[float] = DISAGREEMENT_COLOR,
+    other: Sequence[float] = AGREEMENT_COLOR,
+) -> np.ndarray:
+    """``(N, 3)`` float32 RGB (0..1): ``highlight`` where ``labels_a != labels_b`` (e.g. the
+    2D and the 3D prediction of each point), ``other`` elsewhere."""
+    a = _to_numpy(labels_a).astype(np.int64).reshape(-1)
+    b = _to_numpy(labels_b).astype(np.int64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"{a.shape[0]} labels against {b.shape[0]}")
+    out = np.empty((a.shape[0], 3), dtype=np.float32)
+    out[:] = other
+    out[a != b] = highlight
+    return out
+
+
+def add_title(image_rgb: ArrayLike, title: str, bar_height: int = _TITLE_BAR_HEIGHT) -> np.ndarray:
+    """Put ``title`` (drawn with ``cv2.putText``, shrunk to fit) in a dark strip above an
+    image.
+
+    Returns:
+        ``(H + bar_height, W, 3)`` uint8 RGB.
+    """
+    image = _check_image(image_rgb)
+    width = image.shape[1]
+    bar = np.empty((bar_height, width, 3), dtype=np.uint8)
+    bar[:] = _TITLE_BACKGROUND
+    font, thickness = cv2.FONT_HERSHEY_SIMPLEX, 1
+    scale = 0.55
+    (tw, th), _ = cv2.getTextSize(title, font, scale, thickness)
+    if tw > width - 8 and tw > 0:
+        scale = max(scale * (width - 8) / tw, 0.25)
+        (tw, th), _ = cv2.getTextSize(title, font, scale, thickness)
+    x = max((width - tw) // 2, 2)
+    y = (bar_height + th) // 2
+    cv2.putText(bar, title, (x, y), font, scale, (240, 240, 240), thickness, cv2.LINE_AA)
+    return np.concatenate([bar, np.ascontiguousarray(image, dtype=np.uint8)], axis=0)
+
+
+def tile_panels(images: Sequence[ArrayLike], titles: Optional[Sequence[str]] = None) -> np.ndarray:
+    """Place images side by side, left to right, each under its title (:func:`add_title`).
+
+    Panels of different heights are padded at the bottom with the title background colour.
+
+    Returns:
+        ``(H', sum of the widths, 3)`` uint8 RGB.
+    """
+    if len(images) == 0:
+        raise ValueError("tile_panels needs at least one image")
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"{len(images)} images but {len(titles)} titles")
+    panels = [
+        add_title(im, titles[i]) if titles is not None else _check_image(im).astype(np.uint8)
+        for i, im in enumerate(images)
+    ]
+    height = max(p.shape[0] for p in panels)
+    padded = []
+    for p in panels:
+        if p.shape[0] < height:
+            pad = np.empty((height - p.shape[0], p.shape[1], 3), dtype=np.uint8)
+            pad[:] = _TITLE_BACKGROUND
+            p = np.concatenate([p, pad], axis=0)
+        padded.append(p)
+    return np.concatenate(padded, axis=1)
+
+
+def render_point_cloud_panels(
+    clouds: Sequence[Tuple[ArrayLike, Optional[ArrayLike]]],
+    titles: Sequence[str],
+    renderer: Optional[PointCloudRenderer] = None,
+    width: int = 480,
+    height: int = 360,
+) -> np.ndarray:
+    """Render point clouds headlessly into titled panels, side by side.
+
+    Args:
+        clouds: one ``(points (N, 3) metres, colors (N, 3) in 0..1 or None)`` per panel.
+            Panels of the same points are rendered from the same viewpoint.
+        titles: one title per panel.
+        renderer: the renderer to use (its size sets the panel size); default a
+            :class:`PointCloudRenderer` of ``width x height``, closed afterwards.
+
+    Returns:
+        ``(height + title bar, len(clouds) * width, 3)`` uint8 RGB.
+    """
+    if len(clouds) != len(titles):
+        raise ValueError(f"{len(clouds)} clouds but {len(titles)} titles")
+    own = renderer is None
+    renderer = renderer or PointCloudRenderer(width, height)
+    try:
+        images = [renderer.render(points, colors) for points, colors in clouds]
+    finally:
+        if own:
+            renderer.close()
+    return tile_panels(images, titles)
+
+
+def display_available() -> bool:
+    """Whether an on-screen window may be opened (an X11 or Wayland display is set)."""
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def show_point_clouds(
+    clouds: Sequence[Tuple[ArrayLike, Optional[ArrayLike]]],
+    titles: Sequence[str],
+    window_name: str = "point clouds",
+    point_size: float = 2.0,
+) -> bool:
+    """Show point clouds in an interactive Open3D window, side by side along ``x`` (each
+    cloud shifted right of the previous one by its width plus a gap); blocks until the window
+    is closed.
+
+    Returns:
+        False, without showing anything, when there is no display or Open3D cannot create a
+        window (then render headlessly instead); True once the window was shown and closed.
+    """
+    if not display_available():
+        return False
+    import open3d as o3d  # lazy: only visualisation needs Open3D
+
+    vis = o3d.visualization.Visualizer()
+    name = f"{window_name}: " + " | ".join(titles) if titles else window_name
+    if not vis.create_window(window_name=name, width=1280, height=720):
+        return False
+    try:
+        offset = 0.0
+        for points, colors in clouds:
+            pts = np.asarray(_to_numpy(points), dtype=np.float64).reshape(-1, 3)
+            if pts.shape[0] == 0:
+                continue
+            span = float(np.ptp(pts[:, 0]))
+            shifted = pts.copy()
+            shifted[:, 0] += offset - pts[:, 0].min()
+            vis.add_geometry(_to_o3d_point_cloud(shifted, colors))
+            offset += span * 1.1 + 1e-3
+        options = vis.get_render_option()
+        if options is not None:
+            options.point_size = float(point_size)
+        control = vis.get_view_control()
+        if control is not None:  # look along +z with image "up" (-y) up, as the camera does
+            control.set_front([0.0, 0.0, -1.0])
+            control.set_up([0.0, -1.0, 0.0])
+        vis.run()
+    finally:
+        vis.destroy_window()
+    return True
+
+
+def _semantic_labels(outputs: dict) -> Optional[torch.Tensor]:
+    sem = outputs.get("sem_seg")
+    return None if sem is None else sem.argmax(dim=0).cpu()
+
+
+def draw_prediction(
+    image_rgb: ArrayLike,
+    outputs: dict,
+    metadata,
+    confidence_threshold: float = 0.5,
+    max_depth: Optional[float] = None,
+) -> dict:
+    """Pictures of one image's model outputs (see
+    :class:`~panoptic_curriculum.modeling.meta_arch.PanopticCurriculumModel`), for the
+    outputs present.
+
+    Args:
+        image_rgb: ``(H, W, 3)`` uint8 RGB, at the size of the outputs.
+        outputs: the model's output dict for the image.
+        metadata: the dataset's ``Metadata`` (class names and colours).
+        confidence_threshold: instances scoring less are not drawn.
+        max_depth: metres at the top of the depth colour scale (default: the image's largest).
+
+    Returns:
+        dict with, where the output exists, ``"semantic"``, ``"instances"``, ``"panoptic"``
+        (``(H, W, 3)`` uint8 RGB) and ``"depth"`` (``(H + 34, W, 3)``, with the scale bar).
+    """
+    image = _check_image(image_rgb)
+    pictures = {}
+    labels = _semantic_labels(outputs)
+    if labels is not None:
+        pictures["semantic"] = draw_semantic(image, labels, metadata)
+    if "instances" in outputs:
+        inst = outputs["instances"].to("cpu")
+        if inst.has("scores"):
+            inst = inst[inst.scores >= confidence_threshold]
+        pictures["instances"] = draw_instances(image, inst, metadata)
+    if "panoptic_seg" in outputs:
+        panoptic, segments = outputs["panoptic_seg"]
+        pictures["panoptic"] = draw_panoptic(image, panoptic.cpu(), segments, metadata)
+    if "depth" in outputs:
+        pictures["depth"] = colorize_depth(outputs["depth"], max_depth)
+    return pictures
+
+
+def prediction_point_cloud(outputs: dict, K: ArrayLike, metadata) -> Tuple[np.ndarray, np.ndarray]:
+    """Back-project an image's predicted depth with ``K`` (intrinsics of the outputs' size)
+    and colour each point by its predicted semantic class (``metadata.stuff_colors``; grey
+    without a semantic output).
+
+    Returns:
+        (points, colors): ``(N, 3)`` float32 metres, ``(N, 3)`` float32 RGB in 0..1, one point
+        per pixel with a valid (positive, finite) predicted depth, in row-major pixel order.
+    """
+    if "depth" not in outputs:
+        raise KeyError("the outputs have no 'depth' (MODEL.PANOPTIC_CURRICULUM.DEPTH_ON)")
+    labels = _semantic_labels(outputs)
+    colors = metadata.get("stuff_colors", None)
+    if labels is not None and not colors:
+        raise ValueError("metadata has no stuff_colors to colour the points by class")
+    return class_colored_points(
+        outputs["depth"], K, labels, colors if labels is not None else np.zeros((0, 3))
+    )

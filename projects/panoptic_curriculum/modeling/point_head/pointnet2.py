@@ -74,8 +74,10 @@ def add_point_head_config(cfg: CN) -> None:
         # 1x1-conv layers in every shared MLP (SA and FP levels), each with that level's width.
         ph.MLP_LAYERS = 2
     if not hasattr(ph, "NORM"):
-        # Normalisation in the shared MLPs, over valid points only: "BN", "GN" or "" (none).
-        ph.NORM = "BN"
+        # Normalisation in the shared MLPs, over valid points only: "GN", "BN" or "" (none).
+        # GN keeps no running statistics, so replicas stay identical under DDP and training
+        # and inference normalise alike.
+        ph.NORM = "GN"
 
 
 def build_point_head(cfg: CN, in_channels: int = 0) -> nn.Module:

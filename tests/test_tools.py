@@ -1,0 +1,365 @@
+"""End-to-end tests of tools/demo.py, tools/visualize_pointcloud.py and tools/plot_metrics.py
+with a tiny randomly initialised model saved as a checkpoint, plus unit tests of the pieces
+they are built from (intrinsics files, the predictor's inputs, metrics loading).
+
+The three costly tool runs (model inference, Open3D rendering, a fresh synthetic split) are
+started together as subprocesses by one module fixture, so that they overlap."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import panoptic_curriculum  # noqa: F401  (detectron2 compatibility fixes, dataset registration)
+from panoptic_curriculum.engine.predictor import (
+    RGBDPredictor,
+    intrinsics_from_fov,
+    load_intrinsics_json,
+)
+from panoptic_curriculum.geometry import resize_intrinsics
+from panoptic_curriculum.utils.metrics_plot import key_to_filename, load_metrics_json, load_run
+from panoptic_curriculum.utils.visualization import (
+    DISAGREEMENT_COLOR,
+    disagreement_point_colors,
+    label_point_colors,
+    tile_panels,
+)
+
+import cv2
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import build_model
+
+from model_utils import tiny_cfg
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(REPO, "tools")
+IMAGE_SIZES = {"img_a": (64, 80), "img_b": (72, 96)}  # stem -> (H, W), original sizes
+RENDER = (120, 90)  # point-cloud renderings, W x H
+TITLE_BAR = 26  # rows above each visualize_pointcloud panel
+PANEL_RENDER = (100, 75)
+STUFF_COLORS = MetadataCatalog.get("synthetic_scenes_val").stuff_colors
+
+# A synthetic curriculum root: stage -> JSON-lines records (detectron2's metrics.json).
+CURRICULUM = {
+    "semantic": [
+        {"iteration": i, "total_loss": 3.0 - 0.1 * i, "loss_sem_seg": 1.0 - 0.05 * i,
+         "loss_depth": 0.5, "lr": 0.01, "data_time": 0.1}
+        for i in range(0, 10, 2)
+    ]
+    + [{"iteration": 9, "total_loss": 2.0, "sem_seg/mIoU": 20.0, "depth/AbsRel": 0.3,
+        "depth/d1": 0.5}],
+    "instance": [
+        {"iteration": i, "total_loss": 2.0 - 0.1 * i, "loss_cls": 0.5, "loss_mask": 0.6}
+        for i in range(0, 6, 2)
+    ]
+    + [{"iteration": 5, "segm/AP": 5.0}],
+    "merge": [
+        {"iteration": 0, "sem_seg/mIoU": 21.0, "segm/AP": 5.0, "panoptic_seg/PQ": 10.0,
+         "depth/AbsRel": 0.3, "depth/d1": 0.5}
+    ],
+    "joint": [
+        {"iteration": i, "total_loss": 1.5 - 0.1 * i, "loss_sem_seg": 0.5, "loss_cls": 0.4}
+        for i in range(4)
+    ]
+    + [{"iteration": 3, "sem_seg/mIoU": 25.0, "panoptic_seg/PQ": 12.0}],
+}
+PLAIN = [{"iteration": i, "total_loss": 2.5 - 0.05 * i, "loss_sem_seg": 0.8} for i in range(0, 20, 3)]
+PLAIN += [{"iteration": 19, "sem_seg/mIoU": 23.0, "segm/AP": 4.0}]
+EXPECTED_KEYS = {
+    "total_loss", "loss_sem_seg", "loss_depth", "loss_cls", "loss_mask", "sem_seg/mIoU",
+    "depth/AbsRel", "depth/d1", "segm/AP", "panoptic_seg/PQ",
+}
+
+
+def write_metrics(folder, records):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "metrics.json"), "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+def tool_env(datasets_dir):
+    env = dict(os.environ)
+    env.pop("DISPLAY", None)  # headless: no window may be opened
+    env.pop("WAYLAND_DISPLAY", None)
+    env["MPLBACKEND"] = "Agg"
+    env["DETECTRON2_DATASETS"] = str(datasets_dir)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.join(REPO, "projects")] + [p for p in [env.get("PYTHONPATH")] if p]
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny model (config YAML + random-weight checkpoint), input images with one corrupt
+    file, and metrics folders."""
+    root = tmp_path_factory.mktemp("tools")
+    cfg = tiny_cfg(
+        os.path.join(REPO, "configs", "synthetic", "curriculum_R18_FPN.yaml"),
+        "INPUT.MIN_SIZE_TEST", 96,  # the 64x80 and 72x96 inputs are upscaled: K must follow
+        "INPUT.MAX_SIZE_TEST", 160,
+        "DATALOADER.NUM_WORKERS", 0,
+    )
+    config = root / "tiny.yaml"
+    config.write_text(cfg.dump())
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    DetectionCheckpointer(model, save_dir=str(root)).save("tiny_model")
+    weights = root / "tiny_model.pth"
+
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for stem, (h, w) in IMAGE_SIZES.items():
+        cv2.imwrite(str(images / f"{stem}.png"), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    (images / "notes.txt").write_text("not an image: ignored")
+
+    for stage, records in CURRICULUM.items():
+        write_metrics(root / "curriculum" / stage, records)
+    write_metrics(root / "plain_run", PLAIN)
+    return {"root": root, "config": str(config), "weights": str(weights), "cfg": cfg}
+
+
+@pytest.fixture(scope="module")
+def runs(setup):
+    """Run the tools as subprocesses, concurrently; name -> (return code, output, seconds)."""
+    root, env = setup["root"], tool_env(setup["root"] / "datasets")
+    weights = ["MODEL.WEIGHTS", setup["weights"]]
+    commands = {
+        "demo": [
+            os.path.join(TOOLS, "demo.py"), "--config-file", setup["config"],
+            "--input-dir", str(root / "images"), "--output", str(root / "demo"),
+            "--render-size", *map(str, RENDER), *weights,
+        ],
+        "pointcloud_dataset": [
+            os.path.join(TOOLS, "visualize_pointcloud.py"), "--config-file", setup["config"],
+            "--dataset", "synthetic_scenes_val", "--index", "1",
+            "--output", str(root / "pc_dataset.png"),  # no --headless: no DISPLAY is enough
+            "--render-size", *map(str, PANEL_RENDER), *weights,
+        ],
+        "plot_metrics": [
+            os.path.join(TOOLS, "plot_metrics.py"), str(root / "curriculum"),
+            str(root / "plain_run"), "--output-dir", str(root / "plots"),
+        ],
+    }
+    procs = {}
+    for name, cmd in commands.items():
+        log = open(root / f"{name}.log", "w")
+        procs[name] = (
+            subprocess.Popen(
+                [sys.executable, *cmd], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+            ),
+            log,
+            time.perf_counter(),
+        )
+    results = {}
+    for name, (proc, log, start) in procs.items():
+        try:
+            code = proc.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        log.close()
+        output = (root / f"{name}.log").read_text()
+        results[name] = (code, output, time.perf_counter() - start)
+    return results
+
+
+def check_run(runs, name):
+    code, output, _ = runs[name]
+    assert code == 0, f"{name} failed ({code}):\n{output[-4000:]}"
+    return output
+
+
+# ------------------------------------------------------------------------------------ demo
+def test_demo_outputs(setup, runs):
+    output = check_run(runs, "demo")
+    out = setup["root"] / "demo"
+    assert "No camera intrinsics given" in output and "60 degrees" in output
+    assert "broken.png" in output and "Skipping" in output
+    assert "2 processed, 1 skipped" in output
+
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert (summary["num_processed"], summary["num_skipped"]) == (2, 1)
+    assert [os.path.basename(s["input"]) for s in summary["skipped"]] == ["broken.png"]
+    assert "cannot decode" in summary["skipped"][0]["reason"]
+
+    import open3d as o3d
+
+    allowed = {tuple(c) for c in STUFF_COLORS}
+    for entry in summary["images"]:
+        stem = os.path.splitext(os.path.basename(entry["input"]))[0]
+        height, width = IMAGE_SIZES[stem]
+        assert entry["image_size"] == [height, width]
+        for kind in ("semantic", "instances", "panoptic", "depth", "pointcloud"):
+            assert (out / f"{stem}_{kind}.png").is_file(), (stem, kind)
+        assert (out / f"{stem}_pointcloud.ply").is_file()
+        for kind in ("semantic", "instances", "panoptic"):
+            assert cv2.imread(str(out / f"{stem}_{kind}.png")).shape == (height, width, 3)
+        depth_png = cv2.imread(str(out / f"{stem}_depth.png"))
+        assert depth_png.shape[1] == width and depth_png.shape[0] > height  # + scale bar
+        assert cv2.imread(str(out / f"{stem}_pointcloud.png")).shape == (RENDER[1], RENDER[0], 3)
+
+        # the default K: 60 degrees horizontal field of view, centred principal point
+        np.testing.assert_allclose(entry["intrinsics"], intrinsics_from_fov(height, width, 60))
+        cloud = o3d.io.read_point_cloud(str(out / f"{stem}_pointcloud.ply"))
+        assert len(cloud.points) == entry["num_points"] == height * width  # depth > 0 everywhere
+        colors = {tuple(c) for c in np.rint(np.asarray(cloud.colors) * 255).astype(int).tolist()}
+        assert colors <= allowed, colors - allowed
+        # the points are the predicted depth back-projected with K: z within the depth range
+        z = np.asarray(cloud.points)[:, 2]
+        lo, hi = entry["depth_range_m"]
+        assert lo - 1e-4 <= z.min() and z.max() <= hi + 1e-4
+
+
+def test_demo_every_image_failing(setup, tmp_path):
+    """In-process: with only undecodable inputs the run fails (exit code 1), naming them."""
+    sys.path.insert(0, TOOLS)
+    try:
+        import demo
+    finally:
+        sys.path.remove(TOOLS)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"garbage")
+    (tmp_path / "K.json").write_text(json.dumps({"fx": 50, "fy": 50, "cx": 40, "cy": 30}))
+    argv = ["--config-file", setup["config"], "--input", str(bad), "--output", str(tmp_path)]
+    argv += ["--intrinsics", str(tmp_path / "K.json"), "MODEL.WEIGHTS", setup["weights"]]
+    assert demo.main(argv) == 1
+    summary = json.loads((tmp_path / "demo_summary.json").read_text())
+    assert summary["num_processed"] == 0 and summary["skipped"][0]["input"] == str(bad)
+    assert summary["intrinsics"] == str(tmp_path / "K.json")
+
+
+# ---------------------------------------------------------------------- visualize_pointcloud
+def test_visualize_pointcloud_dataset(setup, runs):
+    output = check_run(runs, "pointcloud_dataset")
+    assert "rendering headlessly" in output
+    image = cv2.imread(str(setup["root"] / "pc_dataset.png"))[:, :, ::-1]
+    width, height = PANEL_RENDER
+    assert image.shape == (height + TITLE_BAR, 4 * width, 3)  # 4 panels side by side
+    panels = [image[TITLE_BAR:, i * width : (i + 1) * width] for i in range(4)]
+    assert all(p.reshape(-1, 3).max(0).max() > 60 for p in panels)  # points were drawn
+    magenta = np.all(panels[3] == np.array(DISAGREEMENT_COLOR) * 255, axis=-1).sum()
+    # random weights: the 2D and 3D predictions disagree somewhere
+    assert "2D and 3D labels agree on 100.0%" in output or magenta > 0
+    assert all(image[:TITLE_BAR, i * width : (i + 1) * width].max() > 200 for i in range(4))
+
+
+def test_visualize_pointcloud_ply(setup, runs, tmp_path):
+    """In-process (same code path as the command line): one titled panel per PLY file."""
+    check_run(runs, "demo")
+    sys.path.insert(0, TOOLS)
+    try:
+        import visualize_pointcloud
+    finally:
+        sys.path.remove(TOOLS)
+    plys = [str(setup["root"] / "demo" / f"{s}_pointcloud.ply") for s in IMAGE_SIZES]
+    png = tmp_path / "plys.png"
+    argv = ["--ply", *plys, "--headless", "--output", str(png), "--render-size", "80", "60"]
+    assert visualize_pointcloud.main(argv) == 0
+    assert cv2.imread(str(png)).shape == (60 + TITLE_BAR, 2 * 80, 3)
+    with pytest.raises(FileNotFoundError, match="missing.ply"):
+        visualize_pointcloud.main(["--ply", str(tmp_path / "missing.ply"), "--headless"])
+
+
+# ------------------------------------------------------------------------------ plot_metrics
+def test_plot_metrics(setup, runs):
+    output = check_run(runs, "plot_metrics")
+    written = sorted(os.listdir(setup["root"] / "plots"))
+    assert written == sorted(key_to_filename(k) for k in EXPECTED_KEYS), output
+    assert "sem_seg-mIoU.png" in written and "total_loss.png" in written
+    for name in written:
+        assert cv2.imread(str(setup["root"] / "plots" / name)) is not None, name
+
+
+def test_curriculum_axis(setup):
+    run = load_run(str(setup["root"] / "curriculum"))
+    assert [(s.name, s.start, s.length) for s in run.stages] == [
+        ("semantic", 0, 10), ("instance", 10, 6), ("merge", 16, 0), ("joint", 16, 4)
+    ]
+    assert run.series["segm/AP"] == [(15.0, 5.0), (16.0, 5.0)]  # instance end, then merge
+    assert run.series["sem_seg/mIoU"] == [(9.0, 20.0), (16.0, 21.0), (19.0, 25.0)]
+    assert run.series["loss_cls"][0] == (10.0, 0.5) and run.series["loss_cls"][-1] == (19.0, 0.4)
+
+
+def test_plot_metrics_missing_or_bad_metrics(setup, tmp_path):
+    sys.path.insert(0, TOOLS)
+    try:
+        import plot_metrics
+    finally:
+        sys.path.remove(TOOLS)
+    (tmp_path / "run" / "semantic").mkdir(parents=True)  # a curriculum stage without metrics
+    missing = os.path.join(str(tmp_path / "run" / "semantic"), "metrics.json")
+    with pytest.raises(FileNotFoundError, match="metrics.json"):
+        load_run(str(tmp_path / "run"))
+    assert plot_metrics.main([str(tmp_path / "run"), "--output-dir", str(tmp_path / "p")]) == 1
+    assert not (tmp_path / "p").exists()
+    with pytest.raises(FileNotFoundError) as info:
+        load_metrics_json(missing)
+    assert missing in str(info.value)
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "metrics.json").write_text('{"iteration": 0}\nnot json\n{"iteration": 2}\n')
+    with pytest.raises(ValueError, match=r"bad.metrics\.json.*line 2"):
+        load_run(str(tmp_path / "bad"))
+    # a truncated last line (run killed mid-write) is tolerated
+    (tmp_path / "bad" / "metrics.json").write_text('{"iteration": 0, "total_loss": 1}\n{"iter')
+    assert load_run(str(tmp_path / "bad")).series["total_loss"] == [(0.0, 1.0)]
+
+
+# ---------------------------------------------------------------------------- building blocks
+def test_load_intrinsics_json(tmp_path):
+    K = [[500.0, 0.0, 320.0], [0.0, 510.0, 240.0], [0.0, 0.0, 1.0]]
+    layouts = {
+        "matrix": {"K": K},
+        "flat": {"fx": 500, "fy": 510, "cx": 320, "cy": 240},
+        "cityscapes": {"extrinsic": {}, "intrinsic": {"fx": 500, "fy": 510, "u0": 320, "v0": 240}},
+    }
+    for name, data in layouts.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+        np.testing.assert_allclose(load_intrinsics_json(str(tmp_path / f"{name}.json")), K)
+    (tmp_path / "bad.json").write_text(json.dumps({"fx": 500}))
+    with pytest.raises(ValueError, match="bad.json"):
+        load_intrinsics_json(str(tmp_path / "bad.json"))
+    (tmp_path / "neg.json").write_text(json.dumps({"K": [[-1, 0, 1], [0, 1, 1], [0, 0, 1]]}))
+    with pytest.raises(ValueError, match="neg.json"):
+        load_intrinsics_json(str(tmp_path / "neg.json"))
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        load_intrinsics_json(str(tmp_path / "nope.json"))
+
+
+def test_intrinsics_from_fov():
+    K = intrinsics_from_fov(480, 640, 90.0)
+    np.testing.assert_allclose(K, [[320.0, 0, 319.5], [0, 320.0, 239.5], [0, 0, 1]])
+    with pytest.raises(ValueError):
+        intrinsics_from_fov(480, 640, 180.0)
+
+
+def test_predictor_passes_resized_intrinsics(setup):
+    predictor = RGBDPredictor(setup["cfg"])  # random weights (MODEL.WEIGHTS empty)
+    K = intrinsics_from_fov(64, 80, 60.0)
+    inputs = predictor.inputs(np.zeros((64, 80, 3), dtype=np.uint8), K)
+    assert tuple(inputs["image"].shape) == (3, 96, 120)  # shortest edge to MIN_SIZE_TEST
+    assert (inputs["height"], inputs["width"]) == (64, 80)
+    expected = resize_intrinsics(torch.as_tensor(K), 120 / 80, 96 / 64).float()
+    torch.testing.assert_close(inputs["intrinsics"], expected)
+    assert "intrinsics" not in predictor.inputs(np.zeros((64, 80, 3), dtype=np.uint8))
+
+
+def test_point_colouring_and_panels():
+    colors = label_point_colors(np.array([0, 2, 255, 99]), [[255, 0, 0], [0, 255, 0], [0, 0, 255]])
+    np.testing.assert_allclose(colors[:2], [[1, 0, 0], [0, 0, 1]])
+    np.testing.assert_allclose(colors[2:], 0.5)  # ignored and unknown labels are grey
+    dis = disagreement_point_colors([1, 2, 3], [1, 0, 3])
+    np.testing.assert_allclose(dis[1], DISAGREEMENT_COLOR)
+    assert not np.allclose(dis[0], DISAGREEMENT_COLOR)
+    tiled = tile_panels([np.zeros((10, 30, 3), np.uint8), np.zeros((12, 20, 3), np.uint8)], ["a", "b"])
+    assert tiled.shape == (12 + TITLE_BAR, 50, 3)

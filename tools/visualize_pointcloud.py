@@ -1,0 +1,233 @@
+#!/usr/bin/env python
+"""Look at point clouds: PLY files, or the point branch's view of a dataset sample.
+
+Two sources:
+
+* ``--ply FILE [FILE ...]``: one panel per file (its own colours, grey without);
+* ``--config-file X --dataset NAME --index I [KEY VALUE ...]`` (e.g. ``MODEL.WEIGHTS W``):
+  the model runs on sample ``I`` with its point branch on at inference
+  (``MODEL.POINT_HEAD.INFERENCE_ON True``); the points it lifts with its *predicted* depth are
+  shown in four panels, coloured by the ground-truth class of their pixel, by the 2D
+  (semantic head) prediction, by the 3D (point head) prediction, and with the points whose
+  2D and 3D labels disagree in bright magenta, the others grey.
+
+With a display (``DISPLAY`` set and Open3D able to open a window) the clouds are shown in an
+interactive window, side by side; otherwise, or with ``--headless``, the panels are rendered
+off-screen into one PNG (``--output``, default ``pointcloud_panels.png``), each under its
+title. ``--output`` also writes the PNG when a window was shown.
+
+Examples::
+
+    python tools/visualize_pointcloud.py --ply output/demo/*_pointcloud.ply --headless \\
+        --output clouds.png
+    python tools/visualize_pointcloud.py --config-file configs/synthetic/curriculum_R18_FPN.yaml \\
+        --dataset synthetic_scenes_val --index 3 --output sample3.png \\
+        MODEL.WEIGHTS output/curriculum/merge/model_merged.pth
+"""
+
+import panoptic_curriculum  # noqa: F401  (first: detectron2 compatibility fixes, datasets)
+
+import argparse
+import logging
+import os
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+
+from panoptic_curriculum import add_panoptic_curriculum_config
+from panoptic_curriculum.data.depth_io import read_image, read_intrinsics
+from panoptic_curriculum.engine.predictor import RGBDPredictor
+from panoptic_curriculum.utils.visualization import (
+    PointCloudRenderer,
+    disagreement_point_colors,
+    label_point_colors,
+    render_point_cloud_panels,
+    show_point_clouds,
+)
+
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils.logger import setup_logger
+
+DEFAULT_OUTPUT = "pointcloud_panels.png"
+Cloud = Tuple[np.ndarray, Optional[np.ndarray]]
+
+logger = logging.getLogger("visualize_pointcloud")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Show point clouds (PLY files, or a dataset sample through the model's "
+        "point branch) in a window, or render them headlessly to a PNG."
+    )
+    parser.add_argument("--ply", nargs="+", metavar="FILE", help="PLY files, one panel each")
+    parser.add_argument("--config-file", metavar="FILE", help="model config (dataset mode)")
+    parser.add_argument("--dataset", help="registered dataset name (dataset mode)")
+    parser.add_argument("--index", type=int, default=0, help="sample index (dataset mode)")
+    parser.add_argument(
+        "--headless", action="store_true", help="never open a window: render to --output"
+    )
+    parser.add_argument(
+        "--output",
+        metavar="PNG",
+        default=None,
+        help=f"PNG of the rendered panels (default without a display: {DEFAULT_OUTPUT})",
+    )
+    parser.add_argument(
+        "--render-size",
+        type=int,
+        nargs=2,
+        default=(480, 360),
+        metavar=("WIDTH", "HEIGHT"),
+        help="size of each rendered panel in pixels (without its title)",
+    )
+    parser.add_argument("--point-size", type=float, default=3.0, help="point size in pixels")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the point sampling")
+    parser.add_argument(
+        "opts",
+        default=None,
+        nargs=argparse.REMAINDER,
+        help="config options as KEY VALUE pairs, e.g. MODEL.WEIGHTS model_final.pth",
+    )
+    args = parser.parse_args(argv)
+    if (args.ply is None) == (args.config_file is None):
+        parser.error("give either --ply FILE [FILE ...] or --config-file with --dataset")
+    if args.config_file is not None and args.dataset is None:
+        parser.error("--config-file needs --dataset NAME (and --index I)")
+    if args.ply is not None and (args.dataset is not None or args.opts):
+        parser.error("--ply takes no --dataset nor config options")
+    return args
+
+
+def ply_clouds(paths: Sequence[str]) -> Tuple[List[Cloud], List[str]]:
+    """Points and colours of each PLY file, with a title per file."""
+    import open3d as o3d  # lazy: only this mode needs it here
+
+    clouds, titles = [], []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"PLY file not found: {path}")
+        pc = o3d.io.read_point_cloud(path)
+        points = np.asarray(pc.points, dtype=np.float32)
+        if points.shape[0] == 0:
+            raise ValueError(f"no points could be read from {path}")
+        colors = np.asarray(pc.colors, dtype=np.float32) if pc.has_colors() else None
+        clouds.append((points, colors))
+        titles.append(f"{os.path.basename(path)} ({points.shape[0]} points)")
+    return clouds, titles
+
+
+def setup_cfg(args: argparse.Namespace):
+    cfg = get_cfg()
+    add_panoptic_curriculum_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts or [])
+    if not cfg.MODEL.POINT_HEAD.ENABLED:
+        raise ValueError(
+            f"{args.config_file} has no point branch (MODEL.POINT_HEAD.ENABLED False): "
+            "there are no 3D predictions to show"
+        )
+    cfg.MODEL.POINT_HEAD.INFERENCE_ON = True
+    cfg.freeze()
+    return cfg
+
+
+def dataset_clouds(args: argparse.Namespace) -> Tuple[List[Cloud], List[str]]:
+    """The point branch's points of one dataset sample, in four colourings."""
+    cfg = setup_cfg(args)
+    dicts = DatasetCatalog.get(args.dataset)
+    if not -len(dicts) <= args.index < len(dicts):
+        raise IndexError(f"--index {args.index} is out of range: {args.dataset} has {len(dicts)}")
+    d = dicts[args.index]
+    metadata = MetadataCatalog.get(args.dataset)
+    ignore = metadata.get("ignore_label", cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
+    logger.info("Sample %d of %s: %s", args.index, args.dataset, d["file_name"])
+
+    predictor = RGBDPredictor(cfg)
+    torch.manual_seed(args.seed)
+    outputs = predictor(read_image(d["file_name"], format="BGR"), read_intrinsics(d))
+    pc = outputs["point_cloud"]
+    points = pc["points"].cpu().numpy().astype(np.float32)
+    labels_2d = pc["labels_2d"].cpu().numpy()
+    labels_3d = pc["labels_3d"].cpu().numpy()
+    num = points.shape[0]
+
+    gt = None
+    if "sem_seg_file_name" in d:
+        sem = read_image(d["sem_seg_file_name"], "L")[:, :, 0].astype(np.int64)
+        uv = np.rint(pc["pixels"].cpu().numpy()).astype(np.int64)
+        u = np.clip(uv[:, 0], 0, sem.shape[1] - 1)
+        v = np.clip(uv[:, 1], 0, sem.shape[0] - 1)
+        gt = sem[v, u]
+    else:
+        logger.warning("%s has no semantic labels: the ground-truth panel is grey", d["file_name"])
+
+    colors = metadata.stuff_colors
+    disagree = int((labels_2d != labels_3d).sum())
+    titles = [
+        "ground truth" if gt is not None else "ground truth (none)",
+        "2D prediction",
+        "3D prediction",
+        f"2D != 3D: {disagree}/{num} points",
+    ]
+    clouds = [
+        (
+            points,
+            label_point_colors(gt if gt is not None else np.full(num, ignore), colors, ignore),
+        ),
+        (points, label_point_colors(labels_2d, colors, ignore)),
+        (points, label_point_colors(labels_3d, colors, ignore)),
+        (points, disagreement_point_colors(labels_2d, labels_3d)),
+    ]
+    message = "%d points; 2D and 3D labels agree on %.1f%%"
+    values = [num, 100.0 * (num - disagree) / max(num, 1)]
+    if gt is not None:
+        labelled = gt != ignore
+        n = max(int(labelled.sum()), 1)
+        message += "; accuracy on labelled points: 2D %.1f%%, 3D %.1f%%"
+        values += [
+            100.0 * float((labels_2d == gt)[labelled].sum()) / n,
+            100.0 * float((labels_3d == gt)[labelled].sum()) / n,
+        ]
+    logger.info(message, *values)
+    return clouds, titles
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logger(name="visualize_pointcloud", abbrev_name="vis_pc")
+    setup_logger(name="panoptic_curriculum")
+    setup_logger()  # detectron2
+    logger.info("Arguments: %s", args)
+
+    clouds, titles = ply_clouds(args.ply) if args.ply else dataset_clouds(args)
+
+    shown = False
+    if not args.headless:
+        shown = show_point_clouds(clouds, titles, point_size=args.point_size)
+        if not shown:
+            logger.info("No display (or no window could be opened): rendering headlessly")
+    if shown and args.output is None:
+        return 0
+
+    width, height = args.render_size
+    renderer = PointCloudRenderer(width, height, point_size=args.point_size)
+    try:
+        panels = render_point_cloud_panels(clouds, titles, renderer)
+    finally:
+        renderer.close()
+    output = args.output or DEFAULT_OUTPUT
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    if not cv2.imwrite(output, np.ascontiguousarray(panels[:, :, ::-1])):
+        raise OSError(f"could not write {output}")
+    logger.info(
+        "Wrote %d panel(s) (%dx%d) to %s", len(clouds), panels.shape[1], panels.shape[0], output
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
