@@ -3,6 +3,7 @@
 Dependencies are pinned in ``requirements/`` and installed by ``scripts/setup_env.sh``
 (Detectron2 v0.6 itself is built there from the registry's sdist).
 """
+
 from setuptools import find_packages, setup
 
 setup(

@@ -9,6 +9,7 @@ What the missing extension provided is covered at run time by ``panoptic_curricu
 
 Usage: python scripts/build_detectron2.py [--workdir DIR]
 """
+
 import argparse
 import os
 import subprocess
@@ -63,8 +64,20 @@ def main() -> None:
     sdist = os.path.join(workdir, SDIST_FILE)
     if not os.path.isfile(sdist):
         # --no-build-isolation: the sdist's setup.py imports torch to prepare its metadata.
-        _run(pip + ["download", "-q", "--no-deps", "--no-binary", ":all:",
-                    "--no-build-isolation", SDIST, "-d", workdir])
+        _run(
+            pip
+            + [
+                "download",
+                "-q",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "--no-build-isolation",
+                SDIST,
+                "-d",
+                workdir,
+            ]
+        )
     src = os.path.join(workdir, "src")
     with tarfile.open(sdist) as tar:
         tar.extractall(src, filter="data")

@@ -1,4 +1,5 @@
 """Shared fixtures: a small synthetic-scenes split generated once per test session."""
+
 import os
 
 import pytest

@@ -1,4 +1,5 @@
 """Tiny models and inputs for the model tests."""
+
 import torch
 
 from detectron2.config import get_cfg
@@ -14,27 +15,47 @@ def tiny_cfg(config_file="configs/synthetic/curriculum_R18_FPN.yaml", *overrides
     cfg = get_cfg()
     add_panoptic_curriculum_config(cfg)
     cfg.merge_from_file(config_file)
-    cfg.merge_from_list([
-        "MODEL.DEVICE", "cpu",
-        "MODEL.FPN.OUT_CHANNELS", 32,
-        "MODEL.ROI_BOX_HEAD.FC_DIM", 64,
-        "MODEL.ROI_MASK_HEAD.CONV_DIM", 16,
-        "MODEL.ROI_MASK_HEAD.NUM_CONV", 1,
-        "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS", 32,
-        "MODEL.SEM_SEG_HEAD.CONVS_DIM", 32,
-        "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS", [32],
-        "MODEL.DEPTH_HEAD.CONVS_DIM", 32,
-        "MODEL.POINT_HEAD.NUM_POINTS", 256,
-        "MODEL.POINT_HEAD.SA_NUM_CENTROIDS", [64, 16],
-        "MODEL.POINT_HEAD.SA_NUM_NEIGHBORS", [8, 8],
-        "MODEL.POINT_HEAD.SA_RADII", [0.5, 1.0],
-        "MODEL.POINT_HEAD.SA_CHANNELS", [16, 32],
-        "MODEL.POINT_HEAD.FP_CHANNELS", [32, 32],
-        "MODEL.RPN.POST_NMS_TOPK_TEST", 50,
-        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32,
-        "MODEL.RPN.BATCH_SIZE_PER_IMAGE", 32,
-        *overrides,
-    ])
+    cfg.merge_from_list(
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.FPN.OUT_CHANNELS",
+            32,
+            "MODEL.ROI_BOX_HEAD.FC_DIM",
+            64,
+            "MODEL.ROI_MASK_HEAD.CONV_DIM",
+            16,
+            "MODEL.ROI_MASK_HEAD.NUM_CONV",
+            1,
+            "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS",
+            32,
+            "MODEL.SEM_SEG_HEAD.CONVS_DIM",
+            32,
+            "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS",
+            [32],
+            "MODEL.DEPTH_HEAD.CONVS_DIM",
+            32,
+            "MODEL.POINT_HEAD.NUM_POINTS",
+            256,
+            "MODEL.POINT_HEAD.SA_NUM_CENTROIDS",
+            [64, 16],
+            "MODEL.POINT_HEAD.SA_NUM_NEIGHBORS",
+            [8, 8],
+            "MODEL.POINT_HEAD.SA_RADII",
+            [0.5, 1.0],
+            "MODEL.POINT_HEAD.SA_CHANNELS",
+            [16, 32],
+            "MODEL.POINT_HEAD.FP_CHANNELS",
+            [32, 32],
+            "MODEL.RPN.POST_NMS_TOPK_TEST",
+            50,
+            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+            32,
+            "MODEL.RPN.BATCH_SIZE_PER_IMAGE",
+            32,
+            *overrides,
+        ]
+    )
     return cfg
 
 
@@ -52,10 +73,18 @@ def fake_sample(h=64, w=96, num_instances=2, seed=0, with_depth=True, depth_valu
         masks[i, y0 : y0 + 20, x0 : x0 + 16] = True
         sem[masks[i]] = int(classes[i])
     inst.gt_masks = BitMasks(masks)
-    inst.gt_boxes = inst.gt_masks.get_bounding_boxes() if num_instances else Boxes(torch.zeros(0, 4))
+    inst.gt_boxes = (
+        inst.gt_masks.get_bounding_boxes() if num_instances else Boxes(torch.zeros(0, 4))
+    )
     inst.gt_classes = classes
-    d = {"image": image, "sem_seg": sem, "instances": inst, "height": h, "width": w,
-         "file_name": f"fake_{seed}.png"}
+    d = {
+        "image": image,
+        "sem_seg": sem,
+        "instances": inst,
+        "height": h,
+        "width": w,
+        "file_name": f"fake_{seed}.png",
+    }
     if with_depth:
         depth = 2.0 + 10.0 * torch.rand(h, w, generator=g)
         depth[sem == 6] = 0.0

@@ -1,4 +1,5 @@
 """Every YAML in configs/ loads with the plugin's keys; the synthetic ones build a model."""
+
 import glob
 import os
 
@@ -40,18 +41,24 @@ def test_config_loads(path):
 
 def test_unknown_key_fails_loudly(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text('_BASE_: "%s"\nMODEL:\n  POINT_HEAD:\n    NUM_POINTZ: 3\n'
-                   % os.path.abspath("configs/synthetic/curriculum_R18_FPN.yaml"))
+    bad.write_text(
+        '_BASE_: "%s"\nMODEL:\n  POINT_HEAD:\n    NUM_POINTZ: 3\n'
+        % os.path.abspath("configs/synthetic/curriculum_R18_FPN.yaml")
+    )
     with pytest.raises(KeyError, match="MODEL.POINT_HEAD.NUM_POINTZ"):
         _load(str(bad))
 
 
-@pytest.mark.parametrize("path", ["configs/synthetic/curriculum_R18_FPN.yaml",
-                                  "configs/synthetic/curriculum_Xception65.yaml"])
+@pytest.mark.parametrize(
+    "path",
+    ["configs/synthetic/curriculum_R18_FPN.yaml", "configs/synthetic/curriculum_Xception65.yaml"],
+)
 def test_synthetic_configs_build(path):
     cfg = _load(path)
     if "Xception" in path:  # keep the test small: a thin, shallow Xception
-        cfg.merge_from_list(["MODEL.XCEPTION.WIDTH_MULTIPLIER", 0.25, "MODEL.XCEPTION.MIDDLE_BLOCKS", 1])
+        cfg.merge_from_list(
+            ["MODEL.XCEPTION.WIDTH_MULTIPLIER", 0.25, "MODEL.XCEPTION.MIDDLE_BLOCKS", 1]
+        )
     model = build_model(cfg)
     assert model.point_head is not None and model.roi_heads is not None
     model.eval()

@@ -1,5 +1,6 @@
 """The transfer-then-merge curriculum: stage configs, freezing, merge equality, exact resume,
 atomic checkpoints, non-finite losses."""
+
 import json
 import os
 
@@ -27,14 +28,42 @@ from model_utils import fake_sample, tiny_cfg
 
 
 def _cfg(split, out_dir, *overrides):
-    cfg = tiny_cfg("configs/synthetic/curriculum_R18_FPN.yaml", *[
-        "DATASETS.TRAIN", (split,), "DATASETS.TEST", (split,), "OUTPUT_DIR", str(out_dir),
-        "SOLVER.IMS_PER_BATCH", 2, "DATALOADER.NUM_WORKERS", 0, "SEED", 0,
-        "INPUT.MIN_SIZE_TRAIN", (96,), "INPUT.MAX_SIZE_TRAIN", 200, "INPUT.MIN_SIZE_TEST", 96,
-        "INPUT.MAX_SIZE_TEST", 200, "INPUT.CROP.SIZE", (64, 96), "SOLVER.WARMUP_ITERS", 0,
-        "CURRICULUM.SEMANTIC_ITER", 3, "CURRICULUM.INSTANCE_ITER", 3, "SOLVER.CHECKPOINT_PERIOD", 100,
-        *overrides,
-    ])
+    cfg = tiny_cfg(
+        "configs/synthetic/curriculum_R18_FPN.yaml",
+        *[
+            "DATASETS.TRAIN",
+            (split,),
+            "DATASETS.TEST",
+            (split,),
+            "OUTPUT_DIR",
+            str(out_dir),
+            "SOLVER.IMS_PER_BATCH",
+            2,
+            "DATALOADER.NUM_WORKERS",
+            0,
+            "SEED",
+            0,
+            "INPUT.MIN_SIZE_TRAIN",
+            (96,),
+            "INPUT.MAX_SIZE_TRAIN",
+            200,
+            "INPUT.MIN_SIZE_TEST",
+            96,
+            "INPUT.MAX_SIZE_TEST",
+            200,
+            "INPUT.CROP.SIZE",
+            (64, 96),
+            "SOLVER.WARMUP_ITERS",
+            0,
+            "CURRICULUM.SEMANTIC_ITER",
+            3,
+            "CURRICULUM.INSTANCE_ITER",
+            3,
+            "SOLVER.CHECKPOINT_PERIOD",
+            100,
+            *overrides,
+        ],
+    )
     return cfg
 
 
@@ -46,11 +75,18 @@ def test_stage_configs(tmp_path):
     assert sem.SOLVER.MAX_ITER == cfg.CURRICULUM.SEMANTIC_ITER
     inst = stage_config(cfg, "instance")
     pc = inst.MODEL.PANOPTIC_CURRICULUM
-    assert pc.INSTANCE_ON and not pc.SEM_SEG_ON and not pc.DEPTH_ON and not inst.MODEL.POINT_HEAD.ENABLED
+    assert (
+        pc.INSTANCE_ON
+        and not pc.SEM_SEG_ON
+        and not pc.DEPTH_ON
+        and not inst.MODEL.POINT_HEAD.ENABLED
+    )
     assert inst.MODEL.FREEZE.PREFIXES == ["backbone"]
     assert inst.MODEL.WEIGHTS == os.path.join(str(tmp_path), "semantic", "model_final.pth")
     joint = stage_config(cfg, "joint")
-    assert joint.SOLVER.BASE_LR == pytest.approx(cfg.SOLVER.BASE_LR * cfg.CURRICULUM.JOINT_LR_FACTOR)
+    assert joint.SOLVER.BASE_LR == pytest.approx(
+        cfg.SOLVER.BASE_LR * cfg.CURRICULUM.JOINT_LR_FACTOR
+    )
     assert joint.MODEL.WEIGHTS.endswith(os.path.join("merge", "model_merged.pth"))
     with pytest.raises(ValueError, match="unknown curriculum stage"):
         stage_config(cfg, "pretrain")
@@ -61,7 +97,12 @@ def test_freeze_modules_outside_the_curriculum():
     model.add_module("encoder", nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
     model.add_module("head", nn.Conv2d(4, 2, 1))
     frozen = freeze_modules(model, ["encoder"])
-    assert set(frozen) == {"encoder.0.weight", "encoder.0.bias", "encoder.1.weight", "encoder.1.bias"}
+    assert set(frozen) == {
+        "encoder.0.weight",
+        "encoder.0.bias",
+        "encoder.1.weight",
+        "encoder.1.bias",
+    }
     assert isinstance(model.encoder[1], FrozenBatchNorm2d)
     assert all(not p.requires_grad for p in model.encoder.parameters())
     assert all(p.requires_grad for p in model.head.parameters())
@@ -100,7 +141,9 @@ def test_instance_stage_leaves_the_encoder_bit_identical(curriculum_run):
     enc = [k for k in inst if k.startswith("backbone.")]
     assert enc and all(torch.equal(inst[k], sem[k]) for k in enc)
     # ... while the instance decoder did train (and started from random init)
-    assert any(k.startswith("roi_heads.") for k in inst) and not any(k.startswith("roi_heads.") for k in sem)
+    assert any(k.startswith("roi_heads.") for k in inst) and not any(
+        k.startswith("roi_heads.") for k in sem
+    )
 
 
 def test_instance_stage_stores_no_encoder_activations(curriculum_run):
@@ -110,7 +153,9 @@ def test_instance_stage_stores_no_encoder_activations(curriculum_run):
     assert all(not p.requires_grad for p in model.backbone.parameters())
     assert any(p.requires_grad for p in model.roi_heads.parameters())
     grads = []
-    model.backbone.register_forward_hook(lambda m, i, o: grads.append(any(v.requires_grad for v in o.values())))
+    model.backbone.register_forward_hook(
+        lambda m, i, o: grads.append(any(v.requires_grad for v in o.values()))
+    )
     model.train()
     with EventStorage():
         losses = model([fake_sample(seed=0)])
@@ -156,8 +201,11 @@ def test_merge_refuses_different_encoders(curriculum_run, tmp_path):
     inst["model"][key] = inst["model"][key] + 1
     torch.save(inst, tmp_path / "bad_instance.pth")
     with pytest.raises(ValueError, match="encoder .* differs"):
-        merge_stage_checkpoints(str(out / "semantic" / "model_final.pth"),
-                                str(tmp_path / "bad_instance.pth"), str(tmp_path / "m.pth"))
+        merge_stage_checkpoints(
+            str(out / "semantic" / "model_final.pth"),
+            str(tmp_path / "bad_instance.pth"),
+            str(tmp_path / "m.pth"),
+        )
 
 
 class _Interrupt(Exception):
@@ -181,9 +229,18 @@ def _killing_trainer(it):
     return Killing
 
 
-def test_interrupted_stage_resumes_to_the_same_result(small_split, tmp_path):
-    overrides = ["CURRICULUM.SEMANTIC_ITER", 6, "SOLVER.CHECKPOINT_PERIOD", 2,
-                 "CURRICULUM.STAGES", ["semantic"]]
+@pytest.mark.parametrize("grouping", [False, True])  # eager and lazy DataLoader iterators
+def test_interrupted_stage_resumes_to_the_same_result(small_split, tmp_path, grouping):
+    overrides = [
+        "CURRICULUM.SEMANTIC_ITER",
+        6,
+        "SOLVER.CHECKPOINT_PERIOD",
+        2,
+        "CURRICULUM.STAGES",
+        ["semantic"],
+        "DATALOADER.ASPECT_RATIO_GROUPING",
+        grouping,
+    ]
     straight = _cfg(small_split, tmp_path / "a", *overrides)
     run_curriculum(straight)
     interrupted = _cfg(small_split, tmp_path / "b", *overrides)

@@ -1,5 +1,6 @@
 """RGBDDatasetMapper: consistent augmentation of image, labels, instances, depth and K, and
 clear errors for bad input."""
+
 import copy
 
 import cv2
@@ -68,8 +69,11 @@ def test_resize_crop_flip_gives_same_3d_points(small_dicts, short):
     src = _map(d, [])
     torch.manual_seed(0)
     np.random.seed(0)
-    augs = [T.ResizeShortestEdge(short, 1000), T.RandomCrop("absolute", (50, 70)),
-            T.RandomFlip(prob=1.0)]
+    augs = [
+        T.ResizeShortestEdge(short, 1000),
+        T.RandomCrop("absolute", (50, 70)),
+        T.RandomFlip(prob=1.0),
+    ]
     out = _map(d, augs)
     pts = _points(out["depth"], out["intrinsics"])  # [h, w, 3]
     valid = out["depth"] > 0
@@ -147,10 +151,15 @@ def test_nan_depth(small_dicts, tmp_path):
         _map(dict(small_dicts[0], depth_file_name=str(bad), depth_format="npy_m"), [])
 
 
-@pytest.mark.parametrize("K", [[[0, 0, 64], [0, 100, 48], [0, 0, 1]],
-                               [[100, 0, 64], [0, -1, 48], [0, 0, 1]],
-                               [[100, 0, float("nan")], [0, 100, 48], [0, 0, 1]],
-                               [[100, 0, 64], [0, 100, 48]]])
+@pytest.mark.parametrize(
+    "K",
+    [
+        [[0, 0, 64], [0, 100, 48], [0, 0, 1]],
+        [[100, 0, 64], [0, -1, 48], [0, 0, 1]],
+        [[100, 0, float("nan")], [0, 100, 48], [0, 0, 1]],
+        [[100, 0, 64], [0, 100, 48]],
+    ],
+)
 def test_degenerate_intrinsics(small_dicts, K):
     with pytest.raises(ValueError, match="intrinsics of .*000000.png"):
         _map(dict(small_dicts[0], intrinsics=K), [])

@@ -1,6 +1,7 @@
 """Tests of panoptic_curriculum.evaluation.DepthEvaluator on tiny hand-made depth PNGs
 ("png_mm": uint16 millimetres) with analytic or hand-computed metric values, plus one
 two-process (gloo) run checking that distributed gathering gives the single-process result."""
+
 import json
 import math
 import os

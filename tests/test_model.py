@@ -1,4 +1,5 @@
 """The multi-task model: losses, switches, gradients, outputs, one backbone call, bad input."""
+
 import pytest
 import torch
 
@@ -11,8 +12,15 @@ from panoptic_curriculum.geometry import backproject
 from model_utils import NUM_CLASSES, fake_sample, tiny_cfg
 
 ALL_LOSSES = {
-    "loss_sem_seg", "loss_depth", "loss_sem_seg_3d", "loss_consistency",
-    "loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask",
+    "loss_sem_seg",
+    "loss_depth",
+    "loss_sem_seg_3d",
+    "loss_consistency",
+    "loss_rpn_cls",
+    "loss_rpn_loc",
+    "loss_cls",
+    "loss_box_reg",
+    "loss_mask",
 }
 
 
@@ -36,7 +44,11 @@ def test_training_step_returns_every_loss(model):
     for k, v in losses.items():
         assert v.dim() == 0 and torch.isfinite(v), k
     sum(losses.values()).backward()
-    assert all(p.grad is not None for n, p in model.named_parameters() if "sem_seg_head" in n and p.requires_grad)
+    assert all(
+        p.grad is not None
+        for n, p in model.named_parameters()
+        if "sem_seg_head" in n and p.requires_grad
+    )
 
 
 def test_one_backbone_call_per_batch(model):
@@ -56,18 +68,31 @@ def test_loss_weights_come_from_config():
     torch.manual_seed(0)
     base = build_model(tiny_cfg())
     torch.manual_seed(0)
-    weighted = build_model(tiny_cfg(
-        "configs/synthetic/curriculum_R18_FPN.yaml",
-        "MODEL.PANOPTIC_CURRICULUM.SEM_SEG_LOSS_WEIGHT", 2.0,
-        "MODEL.PANOPTIC_CURRICULUM.INSTANCE_LOSS_WEIGHT", 3.0,
-        "MODEL.DEPTH_HEAD.LOSS_WEIGHT", 4.0,
-        "MODEL.POINT_HEAD.LOSS_WEIGHT", 5.0,
-        "MODEL.POINT_HEAD.CONSISTENCY_WEIGHT", 6.0,
-    ))
+    weighted = build_model(
+        tiny_cfg(
+            "configs/synthetic/curriculum_R18_FPN.yaml",
+            "MODEL.PANOPTIC_CURRICULUM.SEM_SEG_LOSS_WEIGHT",
+            2.0,
+            "MODEL.PANOPTIC_CURRICULUM.INSTANCE_LOSS_WEIGHT",
+            3.0,
+            "MODEL.DEPTH_HEAD.LOSS_WEIGHT",
+            4.0,
+            "MODEL.POINT_HEAD.LOSS_WEIGHT",
+            5.0,
+            "MODEL.POINT_HEAD.CONSISTENCY_WEIGHT",
+            6.0,
+        )
+    )
     batch = [fake_sample(seed=0)]
     a, b = _train_losses(base, batch), _train_losses(weighted, batch)
-    factors = {"loss_sem_seg": 2.0, "loss_depth": 4.0, "loss_sem_seg_3d": 5.0,
-               "loss_consistency": 6.0, "loss_mask": 3.0, "loss_rpn_cls": 3.0}
+    factors = {
+        "loss_sem_seg": 2.0,
+        "loss_depth": 4.0,
+        "loss_sem_seg_3d": 5.0,
+        "loss_consistency": 6.0,
+        "loss_mask": 3.0,
+        "loss_rpn_cls": 3.0,
+    }
     for k, f in factors.items():
         torch.testing.assert_close(b[k], f * a[k], rtol=1e-4, atol=1e-6)
 
@@ -75,13 +100,26 @@ def test_loss_weights_come_from_config():
 @pytest.mark.parametrize(
     "overrides, absent_modules, absent_losses",
     [
-        (["MODEL.POINT_HEAD.ENABLED", False], ["point_head"], {"loss_sem_seg_3d", "loss_consistency"}),
-        (["MODEL.POINT_HEAD.ENABLED", False, "MODEL.PANOPTIC_CURRICULUM.DEPTH_ON", False],
-         ["point_head", "depth_head"], {"loss_sem_seg_3d", "loss_consistency", "loss_depth"}),
-        (["MODEL.PANOPTIC_CURRICULUM.INSTANCE_ON", False], ["proposal_generator", "roi_heads"],
-         {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"}),
-        (["MODEL.POINT_HEAD.ENABLED", False, "MODEL.PANOPTIC_CURRICULUM.SEM_SEG_ON", False],
-         ["point_head", "sem_seg_head"], {"loss_sem_seg_3d", "loss_consistency", "loss_sem_seg"}),
+        (
+            ["MODEL.POINT_HEAD.ENABLED", False],
+            ["point_head"],
+            {"loss_sem_seg_3d", "loss_consistency"},
+        ),
+        (
+            ["MODEL.POINT_HEAD.ENABLED", False, "MODEL.PANOPTIC_CURRICULUM.DEPTH_ON", False],
+            ["point_head", "depth_head"],
+            {"loss_sem_seg_3d", "loss_consistency", "loss_depth"},
+        ),
+        (
+            ["MODEL.PANOPTIC_CURRICULUM.INSTANCE_ON", False],
+            ["proposal_generator", "roi_heads"],
+            {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"},
+        ),
+        (
+            ["MODEL.POINT_HEAD.ENABLED", False, "MODEL.PANOPTIC_CURRICULUM.SEM_SEG_ON", False],
+            ["point_head", "sem_seg_head"],
+            {"loss_sem_seg_3d", "loss_consistency", "loss_sem_seg"},
+        ),
     ],
 )
 def test_branch_switches_build_and_run_nothing(overrides, absent_modules, absent_losses):
@@ -103,8 +141,13 @@ def test_branch_switches_build_and_run_nothing(overrides, absent_modules, absent
 
 def test_point_branch_requires_its_inputs():
     with pytest.raises(ValueError, match="POINT_HEAD needs the semantic head and the depth head"):
-        build_model(tiny_cfg("configs/synthetic/curriculum_R18_FPN.yaml",
-                             "MODEL.PANOPTIC_CURRICULUM.DEPTH_ON", False))
+        build_model(
+            tiny_cfg(
+                "configs/synthetic/curriculum_R18_FPN.yaml",
+                "MODEL.PANOPTIC_CURRICULUM.DEPTH_ON",
+                False,
+            )
+        )
 
 
 def test_consistency_gradient_reaches_every_part(model):
@@ -113,8 +156,11 @@ def test_consistency_gradient_reaches_every_part(model):
     losses["loss_consistency"].backward()
 
     def grad_norm(prefix):
-        return sum(p.grad.abs().sum().item() for n, p in model.named_parameters()
-                   if n.startswith(prefix) and p.grad is not None)
+        return sum(
+            p.grad.abs().sum().item()
+            for n, p in model.named_parameters()
+            if n.startswith(prefix) and p.grad is not None
+        )
 
     for part in ("sem_seg_head", "point_head", "depth_head", "backbone"):
         assert grad_norm(part) > 0, part
@@ -128,7 +174,11 @@ def test_inference_outputs_shapes_and_units(model):
     out = model([x])[0]
     assert out["sem_seg"].shape == (NUM_CLASSES, 96, 144)
     assert out["depth"].shape == (96, 144)
-    assert (out["depth"] >= 0.1).all() and (out["depth"] <= 40.0).all()  # metres, in range
+    # metres, within the head's range scaled from the canonical camera to this one
+    head = model.depth_head
+    scale = x["intrinsics"][0, 0].item() / head.canonical_focal if head.canonical_focal else 1.0
+    assert (out["depth"] >= head.min_depth * scale * 0.999).all()
+    assert (out["depth"] <= head.max_depth * scale * 1.001).all()
     inst = out["instances"]
     assert inst.image_size == (96, 144)
     assert inst.pred_depth.shape == (len(inst),) and inst.pred_centroid.shape == (len(inst), 3)
@@ -138,8 +188,38 @@ def test_inference_outputs_shapes_and_units(model):
     assert ids == {s["id"] for s in segments}
 
 
+def test_depth_is_camera_aware():
+    """Canonical-focal scaling: the same image seen with twice the focal length is twice as
+    deep; camera coordinates: the prediction depends on where each pixel looks."""
+    base = "configs/synthetic/curriculum_R18_FPN.yaml"
+    m = build_model(tiny_cfg(base, "MODEL.DEPTH_HEAD.CAMERA_COORDS", False)).eval()
+    assert m.depth_head.canonical_focal > 0
+    x = fake_sample(seed=7)
+    y = dict(x, intrinsics=x["intrinsics"].clone())
+    y["intrinsics"][:2, :2] *= 2
+    torch.testing.assert_close(m([y])[0]["depth"], 2 * m([x])[0]["depth"])
+
+    m = build_model(tiny_cfg(base, "MODEL.DEPTH_HEAD.CAMERA_COORDS", True)).eval()
+    with torch.no_grad():  # make the ray channels matter at initialisation
+        m.depth_head.fuse[0].weight[:, -2:].normal_(0, 1.0)
+    z = dict(x, intrinsics=x["intrinsics"].clone())
+    z["intrinsics"][1, 2] += 20.0  # principal point moved down: every pixel looks higher
+    assert not torch.allclose(m([z])[0]["depth"], m([x])[0]["depth"])
+    rays = m.depth_head._ray_channels(x["intrinsics"][None], (1, 8, 16, 24), "cpu", torch.float32)
+    K = x["intrinsics"]
+    s = m.depth_head.common_stride
+    assert rays[0, 0, 0, 0].item() == pytest.approx(
+        (0.5 * s - 0.5 - K[0, 2].item()) / K[0, 0].item()
+    )
+    assert rays[0, 1, 15, 0].item() == pytest.approx(
+        (15.5 * s - 0.5 - K[1, 2].item()) / K[1, 1].item()
+    )
+
+
 def test_point_cloud_at_inference():
-    m = build_model(tiny_cfg("configs/synthetic/curriculum_R18_FPN.yaml", "MODEL.POINT_HEAD.INFERENCE_ON", True))
+    m = build_model(
+        tiny_cfg("configs/synthetic/curriculum_R18_FPN.yaml", "MODEL.POINT_HEAD.INFERENCE_ON", True)
+    )
     m.eval()
     out = m([fake_sample(seed=6)])[0]["point_cloud"]
     n = out["points"].shape[0]

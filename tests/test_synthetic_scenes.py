@@ -1,5 +1,6 @@
 """The embedded synthetic-scenes dataset: exact geometry, determinism, on-disk formats and
 detectron2's stock evaluators running on it unchanged."""
+
 import json
 import os
 
@@ -33,8 +34,9 @@ def _render(seed, idx=0, h=H, w=W):
 
 def _world_points(scene, sample):
     """Camera-frame points of every pixel -> world frame (y down, z forward, level)."""
-    pts = backproject(torch.from_numpy(sample.depth)[None].double(),
-                      torch.from_numpy(sample.K)[None])[0].numpy()
+    pts = backproject(
+        torch.from_numpy(sample.depth)[None].double(), torch.from_numpy(sample.K)[None]
+    )[0].numpy()
     p = scene["pitch"]
     R = np.array([[1, 0, 0], [0, np.cos(p), np.sin(p)], [0, -np.sin(p), np.cos(p)]])
     return pts @ R.T
@@ -117,13 +119,16 @@ def test_on_disk_formats(small_dicts, small_split_dir):
         assert depth.dtype == np.float32 and depth.shape == (H, W)
         assert np.abs(depth - s.depth).max() <= 0.5e-3 + 1e-6  # millimetre PNG
         np.testing.assert_array_equal(depth == 0, s.depth == 0)
-        np.testing.assert_array_equal(cv2.imread(d["sem_seg_file_name"], cv2.IMREAD_UNCHANGED), s.sem_seg)
+        np.testing.assert_array_equal(
+            cv2.imread(d["sem_seg_file_name"], cv2.IMREAD_UNCHANGED), s.sem_seg
+        )
         np.testing.assert_allclose(np.asarray(d["intrinsics"]), s.K)
         assert len(d["annotations"]) == len(s.instances)
         for k, (ann, inst) in enumerate(zip(d["annotations"], s.instances), start=1):
             assert ann["category_id"] == inst["category"]
-            np.testing.assert_array_equal(mask_util.decode(ann["segmentation"]).astype(bool),
-                                          s.instance_ids == k)
+            np.testing.assert_array_equal(
+                mask_util.decode(ann["segmentation"]).astype(bool), s.instance_ids == k
+            )
         # panoptic PNG: ids decode to segments whose areas and categories match
         pan = cv2.imread(d["pan_seg_file_name"], cv2.IMREAD_COLOR)[:, :, ::-1].astype(np.int64)
         ids = pan[..., 0] + 256 * pan[..., 1] + 65536 * pan[..., 2]
@@ -156,18 +161,35 @@ def test_generation_rate(tmp_path):
 
 def _perfect_outputs(d, meta):
     """Model-style outputs equal to the ground truth of dataset dict ``d``."""
-    sem = torch.from_numpy(cv2.imread(d["sem_seg_file_name"], cv2.IMREAD_UNCHANGED).astype(np.int64))
+    sem = torch.from_numpy(
+        cv2.imread(d["sem_seg_file_name"], cv2.IMREAD_UNCHANGED).astype(np.int64)
+    )
     num_classes = len(meta.stuff_classes)
-    logits = torch.nn.functional.one_hot(sem.clamp(max=num_classes - 1), num_classes).permute(2, 0, 1).float()
+    logits = (
+        torch.nn.functional.one_hot(sem.clamp(max=num_classes - 1), num_classes)
+        .permute(2, 0, 1)
+        .float()
+    )
     inst = Instances((d["height"], d["width"]))
     masks = [mask_util.decode(a["segmentation"]).astype(bool) for a in d["annotations"]]
-    inst.pred_masks = torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, d["height"], d["width"], dtype=torch.bool)
-    inst.pred_boxes = BitMasks(inst.pred_masks).get_bounding_boxes() if masks else Boxes(torch.zeros(0, 4))
+    inst.pred_masks = (
+        torch.from_numpy(np.stack(masks))
+        if masks
+        else torch.zeros(0, d["height"], d["width"], dtype=torch.bool)
+    )
+    inst.pred_boxes = (
+        BitMasks(inst.pred_masks).get_bounding_boxes() if masks else Boxes(torch.zeros(0, 4))
+    )
     inst.scores = torch.ones(len(masks))
-    inst.pred_classes = torch.tensor([a["category_id"] for a in d["annotations"]], dtype=torch.int64)
+    inst.pred_classes = torch.tensor(
+        [a["category_id"] for a in d["annotations"]], dtype=torch.int64
+    )
     pan = cv2.imread(d["pan_seg_file_name"], cv2.IMREAD_COLOR)[:, :, ::-1].astype(np.int64)
     ids = torch.from_numpy(pan[..., 0] + 256 * pan[..., 1] + 65536 * pan[..., 2]).int()
-    segs = [{"id": s["id"], "category_id": s["category_id"], "isthing": s["isthing"]} for s in d["segments_info"]]
+    segs = [
+        {"id": s["id"], "category_id": s["category_id"], "isthing": s["isthing"]}
+        for s in d["segments_info"]
+    ]
     return {"sem_seg": logits, "instances": inst, "panoptic_seg": (ids, segs)}
 
 
@@ -175,8 +197,9 @@ def test_stock_evaluators_run_unchanged(small_split, small_dicts, tmp_path):
     meta = MetadataCatalog.get(small_split)
     evaluators = {
         "sem_seg": SemSegEvaluator(small_split, distributed=False, output_dir=str(tmp_path / "s")),
-        "bbox": COCOEvaluator(small_split, tasks=("bbox", "segm"), distributed=False,
-                              output_dir=str(tmp_path / "c")),
+        "bbox": COCOEvaluator(
+            small_split, tasks=("bbox", "segm"), distributed=False, output_dir=str(tmp_path / "c")
+        ),
         "panoptic_seg": COCOPanopticEvaluator(small_split, output_dir=str(tmp_path / "p")),
     }
     for ev in evaluators.values():

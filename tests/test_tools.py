@@ -48,20 +48,39 @@ STUFF_COLORS = MetadataCatalog.get("synthetic_scenes_val").stuff_colors
 # A synthetic curriculum root: stage -> JSON-lines records (detectron2's metrics.json).
 CURRICULUM = {
     "semantic": [
-        {"iteration": i, "total_loss": 3.0 - 0.1 * i, "loss_sem_seg": 1.0 - 0.05 * i,
-         "loss_depth": 0.5, "lr": 0.01, "data_time": 0.1}
+        {
+            "iteration": i,
+            "total_loss": 3.0 - 0.1 * i,
+            "loss_sem_seg": 1.0 - 0.05 * i,
+            "loss_depth": 0.5,
+            "lr": 0.01,
+            "data_time": 0.1,
+        }
         for i in range(0, 10, 2)
     ]
-    + [{"iteration": 9, "total_loss": 2.0, "sem_seg/mIoU": 20.0, "depth/AbsRel": 0.3,
-        "depth/d1": 0.5}],
+    + [
+        {
+            "iteration": 9,
+            "total_loss": 2.0,
+            "sem_seg/mIoU": 20.0,
+            "depth/AbsRel": 0.3,
+            "depth/d1": 0.5,
+        }
+    ],
     "instance": [
         {"iteration": i, "total_loss": 2.0 - 0.1 * i, "loss_cls": 0.5, "loss_mask": 0.6}
         for i in range(0, 6, 2)
     ]
     + [{"iteration": 5, "segm/AP": 5.0}],
     "merge": [
-        {"iteration": 0, "sem_seg/mIoU": 21.0, "segm/AP": 5.0, "panoptic_seg/PQ": 10.0,
-         "depth/AbsRel": 0.3, "depth/d1": 0.5}
+        {
+            "iteration": 0,
+            "sem_seg/mIoU": 21.0,
+            "segm/AP": 5.0,
+            "panoptic_seg/PQ": 10.0,
+            "depth/AbsRel": 0.3,
+            "depth/d1": 0.5,
+        }
     ],
     "joint": [
         {"iteration": i, "total_loss": 1.5 - 0.1 * i, "loss_sem_seg": 0.5, "loss_cls": 0.4}
@@ -69,11 +88,21 @@ CURRICULUM = {
     ]
     + [{"iteration": 3, "sem_seg/mIoU": 25.0, "panoptic_seg/PQ": 12.0}],
 }
-PLAIN = [{"iteration": i, "total_loss": 2.5 - 0.05 * i, "loss_sem_seg": 0.8} for i in range(0, 20, 3)]
+PLAIN = [
+    {"iteration": i, "total_loss": 2.5 - 0.05 * i, "loss_sem_seg": 0.8} for i in range(0, 20, 3)
+]
 PLAIN += [{"iteration": 19, "sem_seg/mIoU": 23.0, "segm/AP": 4.0}]
 EXPECTED_KEYS = {
-    "total_loss", "loss_sem_seg", "loss_depth", "loss_cls", "loss_mask", "sem_seg/mIoU",
-    "depth/AbsRel", "depth/d1", "segm/AP", "panoptic_seg/PQ",
+    "total_loss",
+    "loss_sem_seg",
+    "loss_depth",
+    "loss_cls",
+    "loss_mask",
+    "sem_seg/mIoU",
+    "depth/AbsRel",
+    "depth/d1",
+    "segm/AP",
+    "panoptic_seg/PQ",
 }
 
 
@@ -89,6 +118,7 @@ def tool_env(datasets_dir):
     env.pop("DISPLAY", None)  # headless: no window may be opened
     env.pop("WAYLAND_DISPLAY", None)
     env["MPLBACKEND"] = "Agg"
+    env["OMP_NUM_THREADS"] = "1"  # the runs overlap on few cores: no OpenMP oversubscription
     env["DETECTRON2_DATASETS"] = str(datasets_dir)
     env["PYTHONPATH"] = os.pathsep.join(
         [os.path.join(REPO, "projects")] + [p for p in [env.get("PYTHONPATH")] if p]
@@ -103,9 +133,12 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("tools")
     cfg = tiny_cfg(
         os.path.join(REPO, "configs", "synthetic", "curriculum_R18_FPN.yaml"),
-        "INPUT.MIN_SIZE_TEST", 96,  # the 64x80 and 72x96 inputs are upscaled: K must follow
-        "INPUT.MAX_SIZE_TEST", 160,
-        "DATALOADER.NUM_WORKERS", 0,
+        "INPUT.MIN_SIZE_TEST",
+        96,  # the 64x80 and 72x96 inputs are upscaled: K must follow
+        "INPUT.MAX_SIZE_TEST",
+        160,
+        "DATALOADER.NUM_WORKERS",
+        0,
     )
     config = root / "tiny.yaml"
     config.write_text(cfg.dump())
@@ -135,19 +168,37 @@ def runs(setup):
     weights = ["MODEL.WEIGHTS", setup["weights"]]
     commands = {
         "demo": [
-            os.path.join(TOOLS, "demo.py"), "--config-file", setup["config"],
-            "--input-dir", str(root / "images"), "--output", str(root / "demo"),
-            "--render-size", *map(str, RENDER), *weights,
+            os.path.join(TOOLS, "demo.py"),
+            "--config-file",
+            setup["config"],
+            "--input-dir",
+            str(root / "images"),
+            "--output",
+            str(root / "demo"),
+            "--render-size",
+            *map(str, RENDER),
+            *weights,
         ],
         "pointcloud_dataset": [
-            os.path.join(TOOLS, "visualize_pointcloud.py"), "--config-file", setup["config"],
-            "--dataset", "synthetic_scenes_val", "--index", "1",
-            "--output", str(root / "pc_dataset.png"),  # no --headless: no DISPLAY is enough
-            "--render-size", *map(str, PANEL_RENDER), *weights,
+            os.path.join(TOOLS, "visualize_pointcloud.py"),
+            "--config-file",
+            setup["config"],
+            "--dataset",
+            "synthetic_scenes_val",
+            "--index",
+            "1",
+            "--output",
+            str(root / "pc_dataset.png"),  # no --headless: no DISPLAY is enough
+            "--render-size",
+            *map(str, PANEL_RENDER),
+            *weights,
         ],
         "plot_metrics": [
-            os.path.join(TOOLS, "plot_metrics.py"), str(root / "curriculum"),
-            str(root / "plain_run"), "--output-dir", str(root / "plots"),
+            os.path.join(TOOLS, "plot_metrics.py"),
+            str(root / "curriculum"),
+            str(root / "plain_run"),
+            "--output-dir",
+            str(root / "plots"),
         ],
     }
     procs = {}
@@ -283,7 +334,10 @@ def test_plot_metrics(setup, runs):
 def test_curriculum_axis(setup):
     run = load_run(str(setup["root"] / "curriculum"))
     assert [(s.name, s.start, s.length) for s in run.stages] == [
-        ("semantic", 0, 10), ("instance", 10, 6), ("merge", 16, 0), ("joint", 16, 4)
+        ("semantic", 0, 10),
+        ("instance", 10, 6),
+        ("merge", 16, 0),
+        ("joint", 16, 4),
     ]
     assert run.series["segm/AP"] == [(15.0, 5.0), (16.0, 5.0)]  # instance end, then merge
     assert run.series["sem_seg/mIoU"] == [(9.0, 20.0), (16.0, 21.0), (19.0, 25.0)]
@@ -361,5 +415,16 @@ def test_point_colouring_and_panels():
     dis = disagreement_point_colors([1, 2, 3], [1, 0, 3])
     np.testing.assert_allclose(dis[1], DISAGREEMENT_COLOR)
     assert not np.allclose(dis[0], DISAGREEMENT_COLOR)
-    tiled = tile_panels([np.zeros((10, 30, 3), np.uint8), np.zeros((12, 20, 3), np.uint8)], ["a", "b"])
+    tiled = tile_panels(
+        [np.zeros((10, 30, 3), np.uint8), np.zeros((12, 20, 3), np.uint8)], ["a", "b"]
+    )
     assert tiled.shape == (12 + TITLE_BAR, 50, 3)
+
+
+def test_display_detection(monkeypatch):
+    from panoptic_curriculum.utils.visualization import display_available
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    assert not display_available()
+    monkeypatch.setenv("DISPLAY", ":987")  # no X server there: Open3D must not be asked
+    assert not display_available()

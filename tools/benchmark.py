@@ -16,6 +16,7 @@ resized to the stated resolution. Prints a table and writes JSON.
     python tools/benchmark.py --config-file configs/synthetic/curriculum_R18_FPN.yaml \
         --height 384 --width 512 --output output/benchmark.json
 """
+
 import argparse
 import json
 import os
@@ -27,15 +28,39 @@ import time
 VARIANTS = {
     # name: (overrides, mode)
     "one_pass": (["MODEL.POINT_HEAD.INFERENCE_ON", False], "inference"),
-    "semantic_only": (["MODEL.PANOPTIC_CURRICULUM.INSTANCE_ON", False,
-                       "MODEL.PANOPTIC_CURRICULUM.DEPTH_ON", False,
-                       "MODEL.POINT_HEAD.ENABLED", False], "inference"),
-    "instance_only": (["MODEL.PANOPTIC_CURRICULUM.SEM_SEG_ON", False,
-                       "MODEL.PANOPTIC_CURRICULUM.DEPTH_ON", False,
-                       "MODEL.POINT_HEAD.ENABLED", False], "inference"),
-    "depth_only": (["MODEL.PANOPTIC_CURRICULUM.SEM_SEG_ON", False,
-                    "MODEL.PANOPTIC_CURRICULUM.INSTANCE_ON", False,
-                    "MODEL.POINT_HEAD.ENABLED", False], "inference"),
+    "semantic_only": (
+        [
+            "MODEL.PANOPTIC_CURRICULUM.INSTANCE_ON",
+            False,
+            "MODEL.PANOPTIC_CURRICULUM.DEPTH_ON",
+            False,
+            "MODEL.POINT_HEAD.ENABLED",
+            False,
+        ],
+        "inference",
+    ),
+    "instance_only": (
+        [
+            "MODEL.PANOPTIC_CURRICULUM.SEM_SEG_ON",
+            False,
+            "MODEL.PANOPTIC_CURRICULUM.DEPTH_ON",
+            False,
+            "MODEL.POINT_HEAD.ENABLED",
+            False,
+        ],
+        "inference",
+    ),
+    "depth_only": (
+        [
+            "MODEL.PANOPTIC_CURRICULUM.SEM_SEG_ON",
+            False,
+            "MODEL.PANOPTIC_CURRICULUM.INSTANCE_ON",
+            False,
+            "MODEL.POINT_HEAD.ENABLED",
+            False,
+        ],
+        "inference",
+    ),
     "train_point_on": (["MODEL.POINT_HEAD.ENABLED", True], "train"),
     "train_point_off": (["MODEL.POINT_HEAD.ENABLED", False], "train"),
 }
@@ -51,21 +76,21 @@ def run_variant(args, name):
 
     import panoptic_curriculum  # noqa: F401  compat + datasets
     import detectron2.data.transforms as T
-    from detectron2.config import get_cfg
     from detectron2.data import DatasetCatalog
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 
-    from panoptic_curriculum import add_panoptic_curriculum_config
+    from panoptic_curriculum import load_config
     from panoptic_curriculum.data.dataset_mapper import RGBDDatasetMapper
 
     overrides, mode = VARIANTS[name]
-    cfg = get_cfg()
-    add_panoptic_curriculum_config(cfg)
-    cfg.merge_from_file(args.config_file)
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
-    cfg.merge_from_list(overrides + ["MODEL.DEVICE", device,
-                                     "MODEL.POINT_HEAD.NUM_POINTS", args.num_points] + args.opts)
+    cfg = load_config(
+        args.config_file,
+        overrides
+        + ["MODEL.DEVICE", device, "MODEL.POINT_HEAD.NUM_POINTS", args.num_points]
+        + args.opts,
+    )
     torch.manual_seed(0)
     model = build_model(cfg)
     if args.threads:
@@ -79,8 +104,9 @@ def run_variant(args, name):
         model.eval()
     else:
         model.train()
-        optim = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4,
-                                momentum=0.9)
+        optim = torch.optim.SGD(
+            [p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9
+        )
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else None
 
     def step():
@@ -111,12 +137,21 @@ def run_variant(args, name):
             step()
             times.append(time.perf_counter() - t0)
     times.sort()
-    peak = ((torch.cuda.max_memory_allocated() - base) / 2**20 if device == "cuda"
-            else _peak_rss_mb() - rss0)
-    return {"variant": name, "mode": mode, "device": device,
-            "median_s": times[len(times) // 2], "mean_s": sum(times) / len(times),
-            "peak_mem_mb": peak, "peak_mem_kind": "cuda_alloc" if device == "cuda" else "rss_rise",
-            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    peak = (
+        (torch.cuda.max_memory_allocated() - base) / 2**20
+        if device == "cuda"
+        else _peak_rss_mb() - rss0
+    )
+    return {
+        "variant": name,
+        "mode": mode,
+        "device": device,
+        "median_s": times[len(times) // 2],
+        "mean_s": sum(times) / len(times),
+        "peak_mem_mb": peak,
+        "peak_mem_kind": "cuda_alloc" if device == "cuda" else "rss_rise",
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+    }
 
 
 def main():
@@ -148,30 +183,46 @@ def main():
         if proc.returncode != 0 or not lines:
             sys.stderr.write(proc.stderr[-4000:])
             raise SystemExit(f"benchmark variant {name} failed (exit {proc.returncode})")
-        results[name] = json.loads(lines[-1][len("RESULT "):])
+        results[name] = json.loads(lines[-1][len("RESULT ") :])
         print(f"measured {name}: {results[name]['median_s'] * 1000:.1f} ms", file=sys.stderr)
 
     seq = sum(results[k]["median_s"] for k in ("semantic_only", "instance_only", "depth_only"))
     speedup = seq / results["one_pass"]["median_s"]
     overhead = results["train_point_on"]["median_s"] / results["train_point_off"]["median_s"] - 1
     device = results["one_pass"]["device"]
-    header = (f"device={device}  resolution={args.height}x{args.width}  batch={args.batch_size}  "
-              f"points/image={args.num_points}  config={args.config_file}")
+    header = (
+        f"device={device}  resolution={args.height}x{args.width}  batch={args.batch_size}  "
+        f"points/image={args.num_points}  config={args.config_file}"
+    )
     rows = [f"{'variant':<18}{'mode':<11}{'median ms':>11}{'peak MB':>10}{'params M':>10}"]
     for r in results.values():
-        rows.append(f"{r['variant']:<18}{r['mode']:<11}{r['median_s'] * 1000:>11.1f}"
-                    f"{r['peak_mem_mb']:>10.0f}{r['params_m']:>10.2f}")
-    rows.append(f"(a) one pass vs semantic+instance+depth one after the other: {speedup:.2f}x "
-                f"faster (target >= 1.8x) {'PASS' if speedup >= 1.8 else 'MISS'}")
-    rows.append(f"(b) training step, point branch on vs off: {overhead * 100:+.1f}% "
-                f"(target <= +15%) {'PASS' if overhead <= 0.15 else 'MISS'}")
+        rows.append(
+            f"{r['variant']:<18}{r['mode']:<11}{r['median_s'] * 1000:>11.1f}"
+            f"{r['peak_mem_mb']:>10.0f}{r['params_m']:>10.2f}"
+        )
+    rows.append(
+        f"(a) one pass vs semantic+instance+depth one after the other: {speedup:.2f}x "
+        f"faster (target >= 1.8x) {'PASS' if speedup >= 1.8 else 'MISS'}"
+    )
+    rows.append(
+        f"(b) training step, point branch on vs off: {overhead * 100:+.1f}% "
+        f"(target <= +15%) {'PASS' if overhead <= 0.15 else 'MISS'}"
+    )
     rows.append(f"(c) peak memory: {results['one_pass']['peak_mem_kind']} per variant above")
     print(header)
     print("\n".join(rows))
     os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
     with open(args.output, "w") as f:
-        json.dump({"setting": header, "results": results, "one_pass_speedup": speedup,
-                   "point_branch_overhead": overhead}, f, indent=2)
+        json.dump(
+            {
+                "setting": header,
+                "results": results,
+                "one_pass_speedup": speedup,
+                "point_branch_overhead": overhead,
+            },
+            f,
+            indent=2,
+        )
     print(f"wrote {args.output}")
 
 

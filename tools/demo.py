@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 import tqdm
 
-from panoptic_curriculum import add_panoptic_curriculum_config
+from panoptic_curriculum import load_config
 from panoptic_curriculum.data.depth_io import read_image
 from panoptic_curriculum.engine.predictor import (
     DEFAULT_FOV_DEG,
@@ -59,7 +59,6 @@ from panoptic_curriculum.utils.visualization import (
     save_point_cloud_ply,
 )
 
-from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
@@ -121,12 +120,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def setup_cfg(args: argparse.Namespace):
-    cfg = get_cfg()
-    add_panoptic_curriculum_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts or [])
-    cfg.freeze()
-    return cfg
+    return load_config(args.config_file, args.opts)
 
 
 def list_inputs(args: argparse.Namespace) -> List[str]:
@@ -177,6 +171,16 @@ def process_image(
     image_bgr = read_image(path, format="BGR")
     height, width = image_bgr.shape[:2]
     K = K_fixed if K_fixed is not None else intrinsics_from_fov(height, width, args.fov)
+    if not (0 <= K[0, 2] <= width - 1 and 0 <= K[1, 2] <= height - 1):
+        logging.getLogger("demo").warning(
+            "%s is %dx%d (WxH) but the principal point of --intrinsics (%.1f, %.1f) lies "
+            "outside it: K must describe the original images",
+            path,
+            width,
+            height,
+            K[0, 2],
+            K[1, 2],
+        )
     outputs = predictor(image_bgr, K)
     image_rgb = np.ascontiguousarray(image_bgr[:, :, ::-1])
     metadata = predictor.metadata

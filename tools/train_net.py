@@ -13,14 +13,14 @@
 Re-running the same command skips finished stages and resumes an unfinished one from its
 last checkpoint (``--resume`` is accepted for detectron2 compatibility and implied).
 """
+
 import logging
 
 import panoptic_curriculum  # noqa: F401  isort:skip  first: detectron2 v0.6 compatibility layer
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 
-from panoptic_curriculum import add_panoptic_curriculum_config
+from panoptic_curriculum import load_config
 from panoptic_curriculum.engine import STAGES, PanopticCurriculumTrainer, run_curriculum
 from panoptic_curriculum.engine.launch import launch
 
@@ -28,11 +28,7 @@ logger = logging.getLogger("panoptic_curriculum")
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_panoptic_curriculum_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, args)
     return cfg
 
@@ -51,12 +47,22 @@ def main(args):
 
 def build_parser():
     parser = default_argument_parser()
-    parser.add_argument("--stage", default="all", choices=("all",) + STAGES,
-                        help="curriculum stage to run (default: CURRICULUM.STAGES in order)")
+    parser.add_argument(
+        "--stage",
+        default="all",
+        choices=("all",) + STAGES,
+        help="curriculum stage to run (default: CURRICULUM.STAGES in order)",
+    )
     return parser
 
 
 if __name__ == "__main__":
     args = build_parser().parse_args()
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

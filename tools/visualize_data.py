@@ -35,7 +35,7 @@ import numpy as np
 import tqdm
 
 import panoptic_curriculum  # noqa: F401  (before detectron2: compatibility fixes, datasets)
-from panoptic_curriculum import add_panoptic_curriculum_config
+from panoptic_curriculum import load_config
 from panoptic_curriculum.data.dataset_mapper import RGBDDatasetMapper
 from panoptic_curriculum.utils import (
     PointCloudRenderer,
@@ -46,7 +46,6 @@ from panoptic_curriculum.utils import (
     save_point_cloud_ply,
 )
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import convert_image_to_rgb
 from detectron2.utils.env import seed_all_rng
@@ -96,12 +95,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def setup_cfg(args: argparse.Namespace):
-    cfg = get_cfg()
-    add_panoptic_curriculum_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts or [])
-    cfg.freeze()
-    return cfg
+    return load_config(args.config_file, args.opts)
 
 
 def _write_png(path: str, image_rgb: np.ndarray) -> None:

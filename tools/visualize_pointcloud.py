@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 import torch
 
-from panoptic_curriculum import add_panoptic_curriculum_config
+from panoptic_curriculum import load_config
 from panoptic_curriculum.data.depth_io import read_image, read_intrinsics
 from panoptic_curriculum.engine.predictor import RGBDPredictor
 from panoptic_curriculum.utils.visualization import (
@@ -48,7 +48,6 @@ from panoptic_curriculum.utils.visualization import (
     show_point_clouds,
 )
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.logger import setup_logger
 
@@ -121,10 +120,7 @@ def ply_clouds(paths: Sequence[str]) -> Tuple[List[Cloud], List[str]]:
 
 
 def setup_cfg(args: argparse.Namespace):
-    cfg = get_cfg()
-    add_panoptic_curriculum_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts or [])
+    cfg = load_config(args.config_file, args.opts, freeze=False)
     if not cfg.MODEL.POINT_HEAD.ENABLED:
         raise ValueError(
             f"{args.config_file} has no point branch (MODEL.POINT_HEAD.ENABLED False): "

@@ -19,6 +19,7 @@ What each piece supplies:
   with that clear error; the COCO evaluator uses pycocotools' ``COCOeval`` instead of the
   compiled fast evaluator (same numbers, slower).
 """
+
 import importlib.util
 import logging
 import os
@@ -140,24 +141,50 @@ def install_missing_extension() -> bool:
     return True
 
 
-def _deform_conv_tv(input, offset, weight, stride=1, padding=0, dilation=1, groups=1,
-                    deformable_groups=1, im2col_step=64):
+def _deform_conv_tv(
+    input,
+    offset,
+    weight,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    deformable_groups=1,
+    im2col_step=64,
+):
     """``detectron2.layers.deform_conv.deform_conv`` through torchvision (CPU and CUDA)."""
     from torchvision.ops import deform_conv2d
 
     del groups, deformable_groups, im2col_step  # implied by weight and offset shapes
-    return deform_conv2d(input, offset, weight, stride=stride, padding=padding,
-                         dilation=dilation)
+    return deform_conv2d(input, offset, weight, stride=stride, padding=padding, dilation=dilation)
 
 
-def _modulated_deform_conv_tv(input, offset, mask, weight, bias=None, stride=1, padding=0,
-                              dilation=1, groups=1, deformable_groups=1):
+def _modulated_deform_conv_tv(
+    input,
+    offset,
+    mask,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    deformable_groups=1,
+):
     """``detectron2.layers.deform_conv.modulated_deform_conv`` through torchvision."""
     from torchvision.ops import deform_conv2d
 
     del groups, deformable_groups  # implied by weight and offset shapes
-    return deform_conv2d(input, offset, weight, bias=bias, stride=stride, padding=padding,
-                         dilation=dilation, mask=mask)
+    return deform_conv2d(
+        input,
+        offset,
+        weight,
+        bias=bias,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        mask=mask,
+    )
 
 
 def _nms_rotated_missing(boxes, scores, iou_threshold):

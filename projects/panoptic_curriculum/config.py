@@ -4,9 +4,10 @@
 default and unit. Keys a YAML file sets that are not defined here (or in detectron2) still
 fail loudly at ``merge_from_file``, as in detectron2.
 """
+
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_panoptic_curriculum_config"]
+__all__ = ["add_panoptic_curriculum_config", "load_config"]
 
 
 def add_panoptic_curriculum_config(cfg: CN) -> None:
@@ -68,7 +69,7 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     cfg.MODEL.DEPTH_HEAD.CONVS_DIM = 128
     # Normalisation in the head ("", "BN", "GN", "SyncBN").
     cfg.MODEL.DEPTH_HEAD.NORM = "GN"
-    # Predicted depth range (metres); the output is squashed into [MIN_DEPTH, MAX_DEPTH].
+    # Predicted depth range (metres, of the canonical camera when CANONICAL_FOCAL > 0).
     cfg.MODEL.DEPTH_HEAD.MIN_DEPTH = 0.1
     cfg.MODEL.DEPTH_HEAD.MAX_DEPTH = 80.0
     # Loss: "silog" (scale-invariant log), "l1_log" (L1 on log depth) or "l1" (metres).
@@ -77,6 +78,12 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     cfg.MODEL.DEPTH_HEAD.SILOG_LAMBDA = 0.85
     # Weight of L_depth.
     cfg.MODEL.DEPTH_HEAD.LOSS_WEIGHT = 1.0
+    # Focal length (pixels) of the canonical camera the head predicts depth for; depth is
+    # scaled by fx / CANONICAL_FOCAL of each image. 0: no focal scaling (camera-agnostic).
+    cfg.MODEL.DEPTH_HEAD.CANONICAL_FOCAL = 0.0
+    # Append each pixel's normalised ray direction ((u-cx)/fx, (v-cy)/fy) to the head's
+    # features (camera-aware convolutions).
+    cfg.MODEL.DEPTH_HEAD.CAMERA_COORDS = False
 
     # ---------------------------------------------------------------- point-cloud branch
     cfg.MODEL.POINT_HEAD = CN()
@@ -121,3 +128,17 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     cfg.CURRICULUM.JOINT_LR_FACTOR = 0.1
     # Write the point cloud of one training sample every N iterations (0: never).
     cfg.CURRICULUM.POINT_CLOUD_DUMP_PERIOD = 0
+
+
+def load_config(config_file: str, opts=(), freeze: bool = True) -> CN:
+    """detectron2's defaults + this plugin's keys, merged with ``config_file`` (``_BASE_``
+    inheritance) and the ``KEY VALUE`` list ``opts``; unknown keys raise ``KeyError``."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_panoptic_curriculum_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts or []))
+    if freeze:
+        cfg.freeze()
+    return cfg

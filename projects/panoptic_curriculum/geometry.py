@@ -15,6 +15,7 @@ of the ray) in metres; ``d = 0`` marks an invalid pixel.
 Every function is batched, differentiable with respect to depth, points and ``K``, and runs
 on any device and floating dtype.
 """
+
 from typing import Tuple
 
 import torch
@@ -117,7 +118,9 @@ def backproject_pixels(depth: torch.Tensor, uv: torch.Tensor, K: torch.Tensor) -
     return rays * depth.unsqueeze(-1)
 
 
-def project(points: torch.Tensor, K: torch.Tensor, eps: float = 1e-6) -> Tuple[torch.Tensor, torch.Tensor]:
+def project(
+    points: torch.Tensor, K: torch.Tensor, eps: float = 1e-6
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Project camera-frame points to pixel coordinates.
 
     Args:

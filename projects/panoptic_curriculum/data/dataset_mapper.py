@@ -1,5 +1,6 @@
 """Dataset mapper for RGB-D panoptic data: image, semantic labels, instances, metric depth
 and camera intrinsics, augmented together."""
+
 import copy
 import logging
 from typing import List, Optional, Union
@@ -28,7 +29,9 @@ def build_rgbd_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
         max_area = cfg.INPUT.CROP.get("SINGLE_CATEGORY_MAX_AREA", 1.0)
         if max_area < 1.0:
             crop = T.RandomCrop_CategoryAreaConstraint(
-                cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE, max_area,
+                cfg.INPUT.CROP.TYPE,
+                cfg.INPUT.CROP.SIZE,
+                max_area,
                 cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             )
         else:
@@ -81,7 +84,9 @@ class RGBDDatasetMapper:
             recompute_boxes: recompute ``gt_boxes`` from the masks (after cropping).
         """
         if missing_depth not in ("error", "skip"):
-            raise ValueError(f"INPUT.DEPTH.MISSING must be 'error' or 'skip', got {missing_depth!r}")
+            raise ValueError(
+                f"INPUT.DEPTH.MISSING must be 'error' or 'skip', got {missing_depth!r}"
+            )
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
@@ -147,7 +152,9 @@ class RGBDDatasetMapper:
         # the dataset's K describes the un-augmented image: replace it, never pass it on
         d.pop("intrinsics", None)
         if K is not None:
-            d["intrinsics"] = torch.as_tensor(transform_intrinsics(transforms, K), dtype=torch.float32)
+            d["intrinsics"] = torch.as_tensor(
+                transform_intrinsics(transforms, K), dtype=torch.float32
+            )
 
         if not self.is_train:
             d.pop("annotations", None)

@@ -10,6 +10,7 @@ A dataset dict of this plugin carries, besides detectron2's standard fields:
 
 :func:`read_depth` returns float32 metres with 0 for invalid pixels, whatever the format.
 """
+
 import os
 from typing import Callable, Dict
 
@@ -82,7 +83,9 @@ def _decode_npy_m(path: str, dataset_dict: dict) -> np.ndarray:
     except ValueError as e:
         raise ValueError(f"cannot decode depth file {path}: {e}") from e
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
-        raise ValueError(f"depth file {path} must hold a 2D float array, got {arr.dtype} {arr.shape}")
+        raise ValueError(
+            f"depth file {path} must hold a 2D float array, got {arr.dtype} {arr.shape}"
+        )
     return arr.astype(np.float32)
 
 
@@ -111,7 +114,9 @@ def _decode_cityscapes(path: str, dataset_dict: dict) -> np.ndarray:
     )
 
 
-def read_depth(dataset_dict: dict, min_depth: float = 0.0, max_depth: float = float("inf")) -> np.ndarray:
+def read_depth(
+    dataset_dict: dict, min_depth: float = 0.0, max_depth: float = float("inf")
+) -> np.ndarray:
     """Depth of a dataset dict as ``(H, W)`` float32 metres, 0 = invalid.
 
     Args:
@@ -131,9 +136,7 @@ def read_depth(dataset_dict: dict, min_depth: float = 0.0, max_depth: float = fl
         )
     fmt = dataset_dict.get("depth_format", "png_mm")
     if fmt not in DEPTH_DECODERS:
-        raise KeyError(
-            f"unknown depth_format {fmt!r} for {path}; known: {sorted(DEPTH_DECODERS)}"
-        )
+        raise KeyError(f"unknown depth_format {fmt!r} for {path}; known: {sorted(DEPTH_DECODERS)}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"depth file not found: {path}")
     depth = DEPTH_DECODERS[fmt](path, dataset_dict)

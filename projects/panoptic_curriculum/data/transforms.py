@@ -15,6 +15,7 @@ Use :func:`transform_intrinsics` and :func:`transform_depth` on a ``TransformLis
 name the transform when one is not supported (e.g. rotation) instead of silently returning
 wrong geometry. Pixel convention: :mod:`panoptic_curriculum.geometry`.
 """
+
 import numpy as np
 import torch
 from PIL import Image

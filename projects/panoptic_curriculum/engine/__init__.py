@@ -1,4 +1,5 @@
 """Training: the trainer, the curriculum stages, freezing, merging, checkpoints, launching."""
+
 from .curriculum import STAGES, run_curriculum, stage_config, summary_table
 from .freeze import freeze_modules
 from .merge import merge_stage_checkpoints

@@ -1,5 +1,6 @@
 """Checkpoints written atomically: an interrupted save never leaves a truncated file or a
 ``last_checkpoint`` that points at one."""
+
 import os
 
 import torch

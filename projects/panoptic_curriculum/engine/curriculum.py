@@ -15,11 +15,12 @@ Each stage works in ``OUTPUT_DIR/<stage>`` and, when done, writes ``stage_comple
 (results + checkpoint); a re-run skips finished stages and resumes an unfinished one from its
 last checkpoint.
 """
+
 import json
 import logging
 import os
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from tabulate import tabulate
 
@@ -96,8 +97,10 @@ def _write_results_events(cfg: CfgNode, results: Dict) -> None:
     flat = {k: v for k, v in flatten_results_dict(results).items() if isinstance(v, (int, float))}
     with EventStorage(0) as storage:
         storage.put_scalars(**flat, smoothing_hint=False)
-        for writer in (JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json")),
-                       TensorboardXWriter(cfg.OUTPUT_DIR)):
+        for writer in (
+            JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json")),
+            TensorboardXWriter(cfg.OUTPUT_DIR),
+        ):
             writer.write()
             writer.close()
 
@@ -113,8 +116,11 @@ def _run_stage(cfg: CfgNode, stage: str, root: str, trainer_cls) -> Dict:
                     f"'{prev}' stage first"
                 )
         if comm.is_main_process():
-            merge_stage_checkpoints(_final_checkpoint(root, "semantic"),
-                                    _final_checkpoint(root, "instance"), c.MODEL.WEIGHTS)
+            merge_stage_checkpoints(
+                _final_checkpoint(root, "semantic"),
+                _final_checkpoint(root, "instance"),
+                c.MODEL.WEIGHTS,
+            )
         comm.synchronize()
         model = trainer_cls.build_model(c)
         AtomicCheckpointer(model, c.OUTPUT_DIR).load(c.MODEL.WEIGHTS, checkpointables=[])
@@ -136,8 +142,9 @@ def _run_stage(cfg: CfgNode, stage: str, root: str, trainer_cls) -> Dict:
     return getattr(trainer, "_last_eval_results", None) or OrderedDict()
 
 
-def run_curriculum(cfg: CfgNode, stages: Optional[Sequence[str]] = None,
-                   trainer_cls=PanopticCurriculumTrainer) -> "OrderedDict[str, Dict]":
+def run_curriculum(
+    cfg: CfgNode, stages: Optional[Sequence[str]] = None, trainer_cls=PanopticCurriculumTrainer
+) -> "OrderedDict[str, Dict]":
     """Run ``stages`` (default ``cfg.CURRICULUM.STAGES``) in order under ``cfg.OUTPUT_DIR``,
     skipping finished ones and resuming an interrupted one. Returns results per stage and
     writes ``summary.json`` and the summary table."""
@@ -152,18 +159,34 @@ def run_curriculum(cfg: CfgNode, stages: Optional[Sequence[str]] = None,
         stage_dir = os.path.join(root, stage)
         done = _read_marker(stage_dir)
         if done is not None:
-            logger.info("[curriculum] stage %d/%d '%s' already complete, skipping", i, len(stages), stage)
+            logger.info(
+                "[curriculum] stage %d/%d '%s' already complete, skipping", i, len(stages), stage
+            )
             all_results[stage] = done["results"]
             continue
         iters = stage_config(cfg, stage, root).SOLVER.MAX_ITER
-        logger.info("[curriculum] stage %d/%d '%s' (%d iterations) in %s", i, len(stages), stage,
-                    iters, stage_dir)
+        logger.info(
+            "[curriculum] stage %d/%d '%s' (%d iterations) in %s",
+            i,
+            len(stages),
+            stage,
+            iters,
+            stage_dir,
+        )
         results = _run_stage(cfg, stage, root, trainer_cls)
         all_results[stage] = results
         if comm.is_main_process():
-            atomic_write_text(os.path.join(stage_dir, MARKER), json.dumps(
-                {"stage": stage, "checkpoint": _final_checkpoint(root, stage),
-                 "results": results}, indent=2))
+            atomic_write_text(
+                os.path.join(stage_dir, MARKER),
+                json.dumps(
+                    {
+                        "stage": stage,
+                        "checkpoint": _final_checkpoint(root, stage),
+                        "results": results,
+                    },
+                    indent=2,
+                ),
+            )
         comm.synchronize()
     if comm.is_main_process():
         table = summary_table(all_results)
@@ -173,8 +196,13 @@ def run_curriculum(cfg: CfgNode, stages: Optional[Sequence[str]] = None,
     return all_results
 
 
-_COLUMNS = [("mIoU", "sem_seg", "mIoU"), ("mask AP", "segm", "AP"), ("PQ", "panoptic_seg", "PQ"),
-            ("depth AbsRel", "depth", "AbsRel"), ("depth d<1.25", "depth", "d1")]
+_COLUMNS = [
+    ("mIoU", "sem_seg", "mIoU"),
+    ("mask AP", "segm", "AP"),
+    ("PQ", "panoptic_seg", "PQ"),
+    ("depth AbsRel", "depth", "AbsRel"),
+    ("depth d<1.25", "depth", "d1"),
+]
 
 
 def summary_table(results: Dict[str, Dict]) -> str:
@@ -184,6 +212,8 @@ def summary_table(results: Dict[str, Dict]) -> str:
         row = ["merged" if stage == "merge" else stage]
         for _, task, key in _COLUMNS:
             value = res.get(task, {}).get(key) if isinstance(res.get(task), dict) else None
-            row.append("-" if value is None else f"{value:.3f}" if task == "depth" else f"{value:.1f}")
+            row.append(
+                "-" if value is None else f"{value:.3f}" if task == "depth" else f"{value:.1f}"
+            )
         rows.append(row)
     return tabulate(rows, headers=["stage"] + [c for c, _, _ in _COLUMNS], tablefmt="pipe")

@@ -1,9 +1,10 @@
 """A training data stream that is a pure function of (seed, position): resuming at iteration
 ``i`` yields exactly the batches an uninterrupted run would have seen from ``i`` on,
 augmentations included."""
+
 import itertools
 import random
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch

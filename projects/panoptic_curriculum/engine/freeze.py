@@ -1,4 +1,5 @@
 """Freezing parameter groups: no gradients, no stored activations, fixed normalisation."""
+
 import logging
 from typing import Iterable, List
 
@@ -34,7 +35,9 @@ def freeze_modules(model: nn.Module, prefixes: Iterable[str]) -> List[str]:
     prefixes = [p.rstrip(".") for p in prefixes]
     frozen: List[str] = []
     for prefix in prefixes:
-        matches = [n for n, _ in model.named_parameters() if n == prefix or n.startswith(prefix + ".")]
+        matches = [
+            n for n, _ in model.named_parameters() if n == prefix or n.startswith(prefix + ".")
+        ]
         if not matches:
             raise KeyError(
                 f"MODEL.FREEZE.PREFIXES entry {prefix!r} matches no parameter; top-level "

@@ -1,4 +1,5 @@
 """Training hooks of the plugin."""
+
 import random
 
 import numpy as np
@@ -20,10 +21,18 @@ class RNGStateHook(HookBase):
         version, py_state, gauss = random.getstate()
         state = {
             "torch": torch.get_rng_state(),
-            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached": float(cached)},
-            "python": {"version": version, "state": torch.tensor(py_state, dtype=torch.int64),
-                       "gauss": gauss},
+            "numpy": {
+                "name": name,
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached": float(cached),
+            },
+            "python": {
+                "version": version,
+                "state": torch.tensor(py_state, dtype=torch.int64),
+                "gauss": gauss,
+            },
         }
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
@@ -32,8 +41,9 @@ class RNGStateHook(HookBase):
     def load_state_dict(self, state):
         torch.set_rng_state(state["torch"])
         n = state["numpy"]
-        np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"],
-                             n["has_gauss"], n["cached"]))
+        np.random.set_state(
+            (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+        )
         p = state["python"]
         random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss"]))
         if "cuda" in state and torch.cuda.is_available():

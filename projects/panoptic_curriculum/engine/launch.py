@@ -4,6 +4,7 @@ detectron2 v0.6's ``launch`` hard-codes NCCL and CUDA; this one has the same sig
 picks the backend from the hardware (``backend="auto"``), so ``--num-gpus N`` on a machine
 without GPUs starts N CPU processes.
 """
+
 import logging
 from datetime import timedelta
 
@@ -30,8 +31,16 @@ def _find_free_port() -> int:
     return port
 
 
-def launch(main_func, num_gpus_per_machine: int, num_machines: int = 1, machine_rank: int = 0,
-           dist_url: str = None, args=(), timeout=DEFAULT_TIMEOUT, backend: str = "auto"):
+def launch(
+    main_func,
+    num_gpus_per_machine: int,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    dist_url: str = None,
+    args=(),
+    timeout=DEFAULT_TIMEOUT,
+    backend: str = "auto",
+):
     """Run ``main_func(*args)`` in ``num_machines * num_gpus_per_machine`` processes (one per
     GPU, or per CPU process without GPUs), or directly when that is 1.
 
@@ -55,17 +64,42 @@ def launch(main_func, num_gpus_per_machine: int, num_machines: int = 1, machine_
             raise ValueError("dist_url 'auto' works on a single machine only")
         dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
     mp.start_processes(
-        _worker, nprocs=num_gpus_per_machine, start_method="spawn", daemon=False,
-        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout,
-              backend),
+        _worker,
+        nprocs=num_gpus_per_machine,
+        start_method="spawn",
+        daemon=False,
+        args=(
+            main_func,
+            world_size,
+            num_gpus_per_machine,
+            machine_rank,
+            dist_url,
+            args,
+            timeout,
+            backend,
+        ),
     )
 
 
-def _worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_rank, dist_url,
-            args, timeout, backend):
+def _worker(
+    local_rank,
+    main_func,
+    world_size,
+    num_gpus_per_machine,
+    machine_rank,
+    dist_url,
+    args,
+    timeout,
+    backend,
+):
     global_rank = machine_rank * num_gpus_per_machine + local_rank
-    dist.init_process_group(backend=backend, init_method=dist_url, world_size=world_size,
-                            rank=global_rank, timeout=timeout)
+    dist.init_process_group(
+        backend=backend,
+        init_method=dist_url,
+        world_size=world_size,
+        rank=global_rank,
+        timeout=timeout,
+    )
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
     # detectron2's comm.get_local_rank() needs the per-machine group

@@ -1,6 +1,7 @@
 """Combining the stage checkpoints into one multi-task checkpoint (claim 6: "combining
 parameters from the encoder network, the semantic segmentation decoder network, and the
 instance segmentation decoder network")."""
+
 import logging
 import os
 from typing import Dict
@@ -9,7 +10,12 @@ import torch
 
 from .checkpoint import atomic_torch_save
 
-__all__ = ["SEMANTIC_STAGE_PARTS", "INSTANCE_STAGE_PARTS", "load_model_state", "merge_stage_checkpoints"]
+__all__ = [
+    "SEMANTIC_STAGE_PARTS",
+    "INSTANCE_STAGE_PARTS",
+    "load_model_state",
+    "merge_stage_checkpoints",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +56,11 @@ def merge_stage_checkpoints(semantic_path: str, instance_path: str, output_path:
     if not decoder:
         raise ValueError(f"{instance_path} has no instance decoder (proposal_generator/roi_heads)")
     merged.update(decoder)
-    differing = [k for k, v in instance.items() if _part(k) == "backbone"
-                 and (k not in semantic or not torch.equal(v, semantic[k]))]
+    differing = [
+        k
+        for k, v in instance.items()
+        if _part(k) == "backbone" and (k not in semantic or not torch.equal(v, semantic[k]))
+    ]
     if differing:
         raise ValueError(
             f"the encoder in {instance_path} differs from the one in {semantic_path} "
@@ -59,9 +68,13 @@ def merge_stage_checkpoints(semantic_path: str, instance_path: str, output_path:
             "on the frozen encoder"
         )
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-    atomic_torch_save({"model": merged, "merged_from": {"semantic": semantic_path,
-                                                        "instance": instance_path}}, output_path)
-    counts = {p: sum(1 for k in merged if _part(k) == p)
-              for p in SEMANTIC_STAGE_PARTS + INSTANCE_STAGE_PARTS}
+    atomic_torch_save(
+        {"model": merged, "merged_from": {"semantic": semantic_path, "instance": instance_path}},
+        output_path,
+    )
+    counts = {
+        p: sum(1 for k in merged if _part(k) == p)
+        for p in SEMANTIC_STAGE_PARTS + INSTANCE_STAGE_PARTS
+    }
     logger.info("Merged checkpoint written to %s (tensors per part: %s)", output_path, counts)
     return merged

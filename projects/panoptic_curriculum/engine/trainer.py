@@ -1,5 +1,6 @@
 """The plugin's detectron2 trainer: RGB-D data, freezing, evaluators, atomic checkpoints and
 exactly resumable training."""
+
 import logging
 import os
 import weakref
@@ -8,7 +9,11 @@ from collections import OrderedDict
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from detectron2.data import MetadataCatalog, build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.data.build import build_batch_data_loader
 from detectron2.data.common import MapDataset
 from detectron2.engine import DefaultTrainer
@@ -63,8 +68,9 @@ class RNGNeutralIterator:
     """Fetches batches without touching the global torch RNG of the training process.
 
     A DataLoader draws its worker base seed from the global RNG when its iteration starts
-    (lazily, at the first batch); after a resume that draw would land in the middle of the
-    restored training stream. Sample randomness comes from :class:`SeededMapper` instead.
+    (at ``iter()``, or lazily at the first batch behind detectron2's aspect-ratio grouping);
+    after a resume that draw would land in the middle of the restored training stream.
+    Sample randomness comes from :class:`SeededMapper` instead.
     """
 
     def __init__(self, iterator):
@@ -114,9 +120,13 @@ class PanopticCurriculumTrainer(DefaultTrainer):
         sampler = ResumableTrainingSampler(
             len(dicts), seed=seed, start=start_iter * cfg.SOLVER.IMS_PER_BATCH
         )
-        dataset = MapDataset(PositionalDataset(dicts), SeededMapper(RGBDDatasetMapper(cfg, True), seed))
+        dataset = MapDataset(
+            PositionalDataset(dicts), SeededMapper(RGBDDatasetMapper(cfg, True), seed)
+        )
         return build_batch_data_loader(
-            dataset, sampler, cfg.SOLVER.IMS_PER_BATCH,
+            dataset,
+            sampler,
+            cfg.SOLVER.IMS_PER_BATCH,
             aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
             num_workers=cfg.DATALOADER.NUM_WORKERS,
         )
@@ -143,9 +153,13 @@ class PanopticCurriculumTrainer(DefaultTrainer):
         evaluators = []
         if kind in ("coco_panoptic_seg", "coco", "sem_seg"):
             if sem and meta.get("stuff_classes"):
-                evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+                evaluators.append(
+                    SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+                )
             if inst and kind != "sem_seg":
-                evaluators.append(COCOEvaluator(dataset_name, ("bbox", "segm"), True, output_folder))
+                evaluators.append(
+                    COCOEvaluator(dataset_name, ("bbox", "segm"), True, output_folder)
+                )
             if sem and inst and kind == "coco_panoptic_seg":
                 evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
         elif kind in ("cityscapes_depth", "cityscapes_sem_seg", "cityscapes_instance"):
@@ -154,10 +168,14 @@ class PanopticCurriculumTrainer(DefaultTrainer):
             if inst and kind != "cityscapes_sem_seg":
                 evaluators.append(CityscapesInstanceEvaluator(dataset_name))
         if pc.DEPTH_ON and meta.get("has_depth", False):
-            evaluators.append(DepthEvaluator(
-                dataset_name, min_depth=cfg.INPUT.DEPTH.MIN_DEPTH,
-                max_depth=cfg.INPUT.DEPTH.MAX_DEPTH, output_dir=output_folder,
-            ))
+            evaluators.append(
+                DepthEvaluator(
+                    dataset_name,
+                    min_depth=cfg.INPUT.DEPTH.MIN_DEPTH,
+                    max_depth=cfg.INPUT.DEPTH.MAX_DEPTH,
+                    output_dir=output_folder,
+                )
+            )
         if not evaluators:
             raise NotImplementedError(
                 f"no evaluator for dataset {dataset_name} (evaluator_type {kind!r}) with the "
@@ -197,7 +215,9 @@ class PanopticCurriculumTrainer(DefaultTrainer):
             # restart the data stream where the interrupted run stopped
             loader = self.build_train_loader(self.cfg, start_iter=self.start_iter)
             self._trainer.data_loader = loader
-            self._trainer._data_loader_iter = RNGNeutralIterator(iter(loader))
+            with torch.random.fork_rng(devices=[]):  # iter() itself may draw a seed
+                iterator = iter(loader)
+            self._trainer._data_loader_iter = RNGNeutralIterator(iterator)
             logger.info("Resumed at iteration %d; data stream restarted there", self.start_iter)
 
     @classmethod

@@ -29,6 +29,7 @@ Images whose dataset dict has no ``"depth_file_name"`` (e.g. COCO) are skipped a
 ``num_images_no_depth``; images with depth but without any valid pixel are skipped and counted
 as ``num_images_skipped``.
 """
+
 import json
 import logging
 import math
@@ -241,8 +242,7 @@ class DepthEvaluator(DatasetEvaluator):
 
         self._logger.info(
             f"Depth evaluation on {name} (per-image averaged, range "
-            f"[{self._min_depth}, {self._max_depth}] m):\n"
-            + create_small_table(results["depth"])
+            f"[{self._min_depth}, {self._max_depth}] m):\n" + create_small_table(results["depth"])
         )
         if self._pooled:
             self._logger.info(

@@ -1,4 +1,5 @@
 """Models of the plugin; importing registers every module in detectron2's registries."""
+
 from . import backbone  # registers the Xception backbones
 from . import point_head  # registers the PointNet++ point-cloud head
 from .depth_head import DEPTH_HEAD_REGISTRY, DeepLabDepthHead, build_depth_head

@@ -1,6 +1,7 @@
 """Depth heads: metric depth from backbone features, and their losses."""
+
 import math
-from typing import Dict, List
+from typing import Dict
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -27,7 +28,9 @@ def build_depth_head(cfg, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
     return DEPTH_HEAD_REGISTRY.get(cfg.MODEL.DEPTH_HEAD.NAME)(cfg, input_shape)
 
 
-def depth_loss(pred: torch.Tensor, gt: torch.Tensor, loss_type: str, silog_lambda: float = 0.85) -> torch.Tensor:
+def depth_loss(
+    pred: torch.Tensor, gt: torch.Tensor, loss_type: str, silog_lambda: float = 0.85
+) -> torch.Tensor:
     """Depth loss over pixels with valid ground truth.
 
     Args:
@@ -42,7 +45,9 @@ def depth_loss(pred: torch.Tensor, gt: torch.Tensor, loss_type: str, silog_lambd
         scalar; 0 (still attached to the graph, never NaN) when no pixel is valid.
     """
     if loss_type not in _LOSS_TYPES:
-        raise ValueError(f"MODEL.DEPTH_HEAD.LOSS_TYPE must be one of {_LOSS_TYPES}, got {loss_type!r}")
+        raise ValueError(
+            f"MODEL.DEPTH_HEAD.LOSS_TYPE must be one of {_LOSS_TYPES}, got {loss_type!r}"
+        )
     valid = gt > 0
     count = valid.sum()
     zero = pred.sum() * 0.0
@@ -50,7 +55,9 @@ def depth_loss(pred: torch.Tensor, gt: torch.Tensor, loss_type: str, silog_lambd
     if loss_type == "l1":
         loss = (torch.where(valid, (pred - gt).abs(), torch.zeros_like(pred))).sum() / denom
     else:
-        g = torch.where(valid, torch.log(pred) - torch.log(gt.clamp(min=1e-6)), torch.zeros_like(pred))
+        g = torch.where(
+            valid, torch.log(pred) - torch.log(gt.clamp(min=1e-6)), torch.zeros_like(pred)
+        )
         if loss_type == "l1_log":
             loss = g.abs().sum() / denom
         else:
@@ -69,6 +76,17 @@ class DeepLabDepthHead(nn.Module):
     finest stride, mapped to depth ``exp(log(min) + (log(max) - log(min)) * sigmoid(x))``
     (so depth is positive and within ``[min_depth, max_depth]`` metres) and upsampled
     bilinearly to the input resolution.
+
+    Camera awareness (``canonical_focal > 0``): an object of a given size in pixels lies at a
+    depth proportional to the focal length, so the head predicts depth for a canonical
+    camera of focal ``canonical_focal`` pixels and scales it by ``fx / canonical_focal`` of
+    each image (``fx`` from its intrinsics, after resizing). Images with other cameras then
+    share one target scale.
+
+    Camera coordinates (``camera_coords``): two channels holding each feature pixel's
+    normalised ray direction ``((u - cx) / fx, (v - cy) / fy)`` are appended to the fused
+    features (as in CAM-Convs, Facil et al. 2019), so the head sees where each pixel looks —
+    the cue that ties image position to depth on a ground plane.
     """
 
     @configurable
@@ -83,6 +101,8 @@ class DeepLabDepthHead(nn.Module):
         loss_type: str,
         silog_lambda: float,
         loss_weight: float,
+        canonical_focal: float = 0.0,
+        camera_coords: bool = False,
     ):
         """
         Args:
@@ -92,27 +112,50 @@ class DeepLabDepthHead(nn.Module):
             min_depth, max_depth: range of the predicted depth, metres.
             loss_type, silog_lambda: see :func:`depth_loss`.
             loss_weight: weight of ``loss_depth``.
+            canonical_focal: focal length (pixels) of the canonical camera; 0 disables the
+                focal scaling.
+            camera_coords: append the per-pixel ray direction channels.
         """
         super().__init__()
         if not 0 < min_depth < max_depth:
-            raise ValueError(f"MODEL.DEPTH_HEAD needs 0 < MIN_DEPTH < MAX_DEPTH, got {min_depth}, {max_depth}")
+            raise ValueError(
+                f"MODEL.DEPTH_HEAD needs 0 < MIN_DEPTH < MAX_DEPTH, got {min_depth}, {max_depth}"
+            )
         if loss_type not in _LOSS_TYPES:
-            raise ValueError(f"MODEL.DEPTH_HEAD.LOSS_TYPE must be one of {_LOSS_TYPES}, got {loss_type!r}")
+            raise ValueError(
+                f"MODEL.DEPTH_HEAD.LOSS_TYPE must be one of {_LOSS_TYPES}, got {loss_type!r}"
+            )
         shapes = sorted(input_shape.items(), key=lambda kv: kv[1].stride)
         self.in_features = [k for k, _ in shapes]
         self.common_stride = shapes[0][1].stride
         use_bias = norm == ""
         self.lateral = nn.ModuleDict()
         for name, shape in shapes:
-            conv = Conv2d(shape.channels, conv_dims, kernel_size=1, bias=use_bias,
-                          norm=get_norm(norm, conv_dims), activation=F.relu)
+            conv = Conv2d(
+                shape.channels,
+                conv_dims,
+                kernel_size=1,
+                bias=use_bias,
+                norm=get_norm(norm, conv_dims),
+                activation=F.relu,
+            )
             weight_init.c2_msra_fill(conv)
             self.lateral[name] = conv
-        self.fuse = nn.Sequential(*[
-            Conv2d(conv_dims, conv_dims, kernel_size=3, padding=1, bias=use_bias,
-                   norm=get_norm(norm, conv_dims), activation=F.relu)
-            for _ in range(2)
-        ])
+        self.camera_coords = camera_coords
+        self.fuse = nn.Sequential(
+            *[
+                Conv2d(
+                    conv_dims + (2 if camera_coords and i == 0 else 0),
+                    conv_dims,
+                    kernel_size=3,
+                    padding=1,
+                    bias=use_bias,
+                    norm=get_norm(norm, conv_dims),
+                    activation=F.relu,
+                )
+                for i in range(2)
+            ]
+        )
         for layer in self.fuse:
             weight_init.c2_msra_fill(layer)
         self.predictor = Conv2d(conv_dims, 1, kernel_size=1)
@@ -121,6 +164,11 @@ class DeepLabDepthHead(nn.Module):
         self.log_min, self.log_max = math.log(min_depth), math.log(max_depth)
         self.min_depth, self.max_depth = min_depth, max_depth
         self.loss_type, self.silog_lambda, self.loss_weight = loss_type, silog_lambda, loss_weight
+        if canonical_focal < 0:
+            raise ValueError(
+                f"MODEL.DEPTH_HEAD.CANONICAL_FOCAL must be >= 0, got {canonical_focal}"
+            )
+        self.canonical_focal = canonical_focal
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -140,13 +188,35 @@ class DeepLabDepthHead(nn.Module):
             "loss_type": c.LOSS_TYPE,
             "silog_lambda": c.SILOG_LAMBDA,
             "loss_weight": c.LOSS_WEIGHT,
+            "canonical_focal": c.CANONICAL_FOCAL,
+            "camera_coords": c.CAMERA_COORDS,
         }
 
-    def forward(self, features: Dict[str, torch.Tensor], output_size) -> torch.Tensor:
+    def _ray_channels(self, K, shape, device, dtype):
+        """``[B, 2, h, w]`` normalised ray directions at the centres of an ``h x w`` feature
+        grid of stride ``common_stride`` (pixel convention of ``panoptic_curriculum.geometry``)."""
+        b, (h, w), s = shape[0], shape[-2:], self.common_stride
+        if K is None:  # unknown camera: centred principal point, canonical or 1-px/px focal
+            f = self.canonical_focal or float(max(h, w) * s)
+            K = torch.tensor(
+                [[f, 0, (w * s - 1) / 2], [0, f, (h * s - 1) / 2], [0, 0, 1]],
+                device=device,
+                dtype=dtype,
+            ).expand(b, 3, 3)
+        K = K.to(device=device, dtype=dtype)
+        u = (torch.arange(w, device=device, dtype=dtype) + 0.5) * s - 0.5
+        v = (torch.arange(h, device=device, dtype=dtype) + 0.5) * s - 0.5
+        x = (u[None, :] - K[:, 0, 2, None]) / K[:, 0, 0, None]  # [B, w]
+        y = (v[None, :] - K[:, 1, 2, None]) / K[:, 1, 1, None]  # [B, h]
+        return torch.stack([x[:, None, :].expand(b, h, w), y[:, :, None].expand(b, h, w)], dim=1)
+
+    def forward(self, features: Dict[str, torch.Tensor], output_size, K=None) -> torch.Tensor:
         """
         Args:
             features: backbone outputs, ``[B, C, H/s, W/s]`` each.
             output_size: ``(H, W)`` of the padded input batch.
+            K: ``[B, 3, 3]`` intrinsics (pixels) of each input image, or None (unknown
+                camera: canonical focal, centred principal point).
 
         Returns:
             ``[B, H, W]`` depth in metres.
@@ -158,11 +228,20 @@ class DeepLabDepthHead(nn.Module):
                 y = x
             else:
                 y = y + F.interpolate(x, size=y.shape[-2:], mode="bilinear", align_corners=False)
+        if self.camera_coords:
+            y = torch.cat([y, self._ray_channels(K, y.shape, y.device, y.dtype)], dim=1)
         logit = self.predictor(self.fuse(y))
         log_depth = self.log_min + (self.log_max - self.log_min) * torch.sigmoid(logit)
-        log_depth = F.interpolate(log_depth, size=tuple(output_size), mode="bilinear", align_corners=False)
-        return torch.exp(log_depth[:, 0])
+        log_depth = F.interpolate(
+            log_depth, size=tuple(output_size), mode="bilinear", align_corners=False
+        )
+        depth = torch.exp(log_depth[:, 0])
+        if self.canonical_focal > 0 and K is not None:
+            depth = depth * (K[:, 0, 0].to(depth.dtype) / self.canonical_focal)[:, None, None]
+        return depth
 
     def losses(self, pred: torch.Tensor, gt: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``{"loss_depth": weighted loss}``; ``gt`` is ``[B, H, W]`` metres, 0 invalid."""
-        return {"loss_depth": self.loss_weight * depth_loss(pred, gt, self.loss_type, self.silog_lambda)}
+        return {
+            "loss_depth": self.loss_weight * depth_loss(pred, gt, self.loss_type, self.silog_lambda)
+        }

@@ -1,4 +1,5 @@
 """The multi-task meta-architecture: one encoder, one forward pass, four outputs."""
+
 import logging
 from typing import Dict, List, Optional, Sequence
 
@@ -69,8 +70,10 @@ def _raise_if_not_finite(losses: Dict[str, torch.Tensor]) -> None:
         where = f"iteration {get_event_storage().iter}"
     except AssertionError:  # called outside an EventStorage
         where = "this step"
-    raise FloatingPointError(f"non-finite loss at {where}: {bad} (all losses: "
-                             f"{ {k: float(v) for k, v in losses.items()} })")
+    raise FloatingPointError(
+        f"non-finite loss at {where}: {bad} (all losses: "
+        f"{ {k: float(v) for k, v in losses.items()} })"
+    )
 
 
 @META_ARCH_REGISTRY.register()
@@ -177,10 +180,14 @@ class PanopticCurriculumModel(nn.Module):
         instance_on = pc.INSTANCE_ON
         depth_on = pc.DEPTH_ON
         point_on = cfg.MODEL.POINT_HEAD.ENABLED
-        feat_name = cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES[0] if cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES else None
+        feat_name = (
+            cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES[0] if cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES else None
+        )
         use_img = point_on and cfg.MODEL.POINT_HEAD.USE_IMAGE_FEATURES
         if use_img and feat_name not in shapes:
-            raise KeyError(f"MODEL.SEM_SEG_HEAD.IN_FEATURES[0] {feat_name!r} is not a backbone output")
+            raise KeyError(
+                f"MODEL.SEM_SEG_HEAD.IN_FEATURES[0] {feat_name!r} is not a backbone output"
+            )
         train_sets = cfg.DATASETS.TRAIN or cfg.DATASETS.TEST
         return {
             "backbone": backbone,
@@ -188,8 +195,11 @@ class PanopticCurriculumModel(nn.Module):
             "proposal_generator": build_proposal_generator(cfg, shapes) if instance_on else None,
             "roi_heads": build_roi_heads(cfg, shapes) if instance_on else None,
             "depth_head": build_depth_head(cfg, shapes) if depth_on else None,
-            "point_head": build_point_head(cfg, shapes[feat_name].channels if use_img else 0)
-            if point_on else None,
+            "point_head": (
+                build_point_head(cfg, shapes[feat_name].channels if use_img else 0)
+                if point_on
+                else None
+            ),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "sem_seg_loss_weight": pc.SEM_SEG_LOSS_WEIGHT,
@@ -215,7 +225,9 @@ class PanopticCurriculumModel(nn.Module):
 
     # ------------------------------------------------------------------ helpers
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        images = [
+            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
+        ]
         return ImageList.from_tensors(images, self.backbone.size_divisibility)
 
     def _padded(self, batched_inputs, key, pad_value, images: ImageList, dtype=None):
@@ -227,13 +239,23 @@ class PanopticCurriculumModel(nn.Module):
         return out if dtype is None else out.to(dtype)
 
     def _intrinsics(self, batched_inputs) -> torch.Tensor:
-        missing = [x.get("file_name", i) for i, x in enumerate(batched_inputs) if "intrinsics" not in x]
+        missing = [
+            x.get("file_name", i) for i, x in enumerate(batched_inputs) if "intrinsics" not in x
+        ]
         if missing:
             raise KeyError(
                 f"the point branch (MODEL.POINT_HEAD.ENABLED) needs 'intrinsics' for every "
                 f"sample; missing for {missing}"
             )
         return torch.stack([x["intrinsics"].to(self.device, torch.float32) for x in batched_inputs])
+
+    def _optional_intrinsics(self, batched_inputs) -> Optional[torch.Tensor]:
+        """``[B, 3, 3]`` intrinsics of the inputs, or None unless every input has them."""
+        if all("intrinsics" in x for x in batched_inputs):
+            return torch.stack(
+                [x["intrinsics"].to(self.device, torch.float32) for x in batched_inputs]
+            )
+        return None
 
     def _image_mask(self, images: ImageList) -> torch.Tensor:
         """``[B, H, W]`` True inside each image (not padding)."""
@@ -263,11 +285,19 @@ class PanopticCurriculumModel(nn.Module):
         if self.use_image_features:
             fmap = features[self.image_feature_name]
             grid = torch.stack([(uv[..., 0] + 0.5) / w * 2 - 1, (uv[..., 1] + 0.5) / h * 2 - 1], -1)
-            point_feats = F.grid_sample(fmap, grid[:, :, None, :].to(fmap.dtype), align_corners=False)
+            point_feats = F.grid_sample(
+                fmap, grid[:, :, None, :].to(fmap.dtype), align_corners=False
+            )
             point_feats = point_feats[..., 0].transpose(1, 2)
         logits_3d = self.point_head(xyz, point_valid, point_feats)
-        return {"pixel_idx": pixel_idx, "point_valid": point_valid, "xyz": xyz, "uv": uv,
-                "logits_3d": logits_3d, "logits_2d": logits_2d}
+        return {
+            "pixel_idx": pixel_idx,
+            "point_valid": point_valid,
+            "xyz": xyz,
+            "uv": uv,
+            "logits_3d": logits_3d,
+            "logits_2d": logits_2d,
+        }
 
     # ------------------------------------------------------------------ forward
     def forward(self, batched_inputs: List[Dict]):
@@ -286,14 +316,21 @@ class PanopticCurriculumModel(nn.Module):
         losses: Dict[str, torch.Tensor] = {}
         sem_logits = None
         if self.sem_seg_head is not None:
-            targets = self._padded(batched_inputs, "sem_seg", self.sem_seg_head.ignore_value, images)
+            targets = self._padded(
+                batched_inputs, "sem_seg", self.sem_seg_head.ignore_value, images
+            )
             if targets is None:
                 raise KeyError("the semantic head needs 'sem_seg' in every training sample")
             coarse = self.sem_seg_head.layers(features)
-            losses.update({k: v * self.sem_seg_loss_weight
-                           for k, v in self.sem_seg_head.losses(coarse, targets).items()})
-            sem_logits = F.interpolate(coarse, size=images.tensor.shape[-2:], mode="bilinear",
-                                       align_corners=False)
+            losses.update(
+                {
+                    k: v * self.sem_seg_loss_weight
+                    for k, v in self.sem_seg_head.losses(coarse, targets).items()
+                }
+            )
+            sem_logits = F.interpolate(
+                coarse, size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
+            )
         if self.proposal_generator is not None:
             gt = [x["instances"].to(self.device) for x in batched_inputs]
             proposals, proposal_losses = self.proposal_generator(images, features, gt)
@@ -305,11 +342,17 @@ class PanopticCurriculumModel(nn.Module):
             gt_depth = self._padded(batched_inputs, "depth", 0.0, images)
             if gt_depth is None:
                 raise KeyError("the depth head needs 'depth' in every training sample")
-            depth = self.depth_head(features, images.tensor.shape[-2:])
+            depth = self.depth_head(
+                features, images.tensor.shape[-2:], self._optional_intrinsics(batched_inputs)
+            )
             losses.update(self.depth_head.losses(depth, gt_depth))
         if self.point_head is not None:
             K = self._intrinsics(batched_inputs)
-            valid = self._image_mask(images) & (gt_depth > 0) & (targets != self.sem_seg_head.ignore_value)
+            valid = (
+                self._image_mask(images)
+                & (gt_depth > 0)
+                & (targets != self.sem_seg_head.ignore_value)
+            )
             out = self._point_branch(features, sem_logits, depth, K, valid)
             labels = torch.gather(targets.flatten(1), 1, out["pixel_idx"])
             losses["loss_sem_seg_3d"] = self.point_loss_weight * point_cross_entropy(
@@ -319,7 +362,9 @@ class PanopticCurriculumModel(nn.Module):
                 out["logits_2d"], out["logits_3d"], out["point_valid"], self.consistency_kind
             )
             get_event_storage().put_scalar(
-                "point_branch/valid_fraction", out["point_valid"].float().mean(), smoothing_hint=True
+                "point_branch/valid_fraction",
+                out["point_valid"].float().mean(),
+                smoothing_hint=True,
             )
         _raise_if_not_finite(losses)
         return losses
@@ -328,10 +373,16 @@ class PanopticCurriculumModel(nn.Module):
     def inference(self, batched_inputs, images: ImageList, features):
         sem_logits = depth = point_out = None
         if self.sem_seg_head is not None:
-            sem_logits = F.interpolate(self.sem_seg_head.layers(features), size=images.tensor.shape[-2:],
-                                       mode="bilinear", align_corners=False)
+            sem_logits = F.interpolate(
+                self.sem_seg_head.layers(features),
+                size=images.tensor.shape[-2:],
+                mode="bilinear",
+                align_corners=False,
+            )
         if self.depth_head is not None:
-            depth = self.depth_head(features, images.tensor.shape[-2:])
+            depth = self.depth_head(
+                features, images.tensor.shape[-2:], self._optional_intrinsics(batched_inputs)
+            )
         instances = None
         if self.proposal_generator is not None:
             proposals, _ = self.proposal_generator(images, features, None)
@@ -350,7 +401,9 @@ class PanopticCurriculumModel(nn.Module):
             depth_i = K_i = None
             if depth is not None:
                 d = depth[i, : image_size[0], : image_size[1]][None, None]
-                depth_i = F.interpolate(d, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+                depth_i = F.interpolate(
+                    d, size=(height, width), mode="bilinear", align_corners=False
+                )[0, 0]
                 r["depth"] = depth_i
                 if "intrinsics" in x:
                     K_net = x["intrinsics"].to(self.device, torch.float32)
@@ -365,8 +418,11 @@ class PanopticCurriculumModel(nn.Module):
                 r["instances"] = inst
                 if sem_logits is not None:
                     r["panoptic_seg"] = fuse_panoptic(
-                        inst, r["sem_seg"].argmax(dim=0), self.thing_to_sem,
-                        self.panoptic_overlap_threshold, self.panoptic_stuff_area_limit,
+                        inst,
+                        r["sem_seg"].argmax(dim=0),
+                        self.thing_to_sem,
+                        self.panoptic_overlap_threshold,
+                        self.panoptic_stuff_area_limit,
                         self.panoptic_score_threshold,
                     )
             if point_out is not None:
@@ -375,7 +431,9 @@ class PanopticCurriculumModel(nn.Module):
                 sx, sy = width / image_size[1], height / image_size[0]
                 r["point_cloud"] = {
                     "points": point_out["xyz"][i][keep],
-                    "pixels": torch.stack([(uv[:, 0] + 0.5) * sx - 0.5, (uv[:, 1] + 0.5) * sy - 0.5], -1),
+                    "pixels": torch.stack(
+                        [(uv[:, 0] + 0.5) * sx - 0.5, (uv[:, 1] + 0.5) * sy - 0.5], -1
+                    ),
                     "labels_3d": point_out["logits_3d"][i][keep].argmax(-1),
                     "labels_2d": point_out["logits_2d"][i][keep].argmax(-1),
                 }

@@ -1,4 +1,5 @@
 """Inference-time fusion and 3D summaries of the multi-task outputs."""
+
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -59,8 +60,15 @@ def fuse_panoptic(
                 mask = mask & ~taken
             seg_id = len(segments) + 1
             panoptic[mask] = seg_id
-            segments.append({"id": seg_id, "isthing": True, "score": float(scores[i]),
-                             "category_id": int(classes[i]), "instance_id": i})
+            segments.append(
+                {
+                    "id": seg_id,
+                    "isthing": True,
+                    "score": float(scores[i]),
+                    "category_id": int(classes[i]),
+                    "instance_id": i,
+                }
+            )
     thing_sem = set(int(c) for c in thing_to_sem)
     free = panoptic == 0
     labels, counts = torch.unique(sem_labels[free], return_counts=True)
@@ -90,7 +98,11 @@ def instance_depth_and_centroid(masks: torch.Tensor, depth: torch.Tensor, K: tor
     if n == 0:
         return depth.new_zeros(0), depth.new_zeros(0, 3)
     inside = masks.flatten(1) & (depth.flatten() > 0)[None]  # [N, HW]
-    vals = torch.where(inside, depth.flatten()[None].expand(n, -1), torch.full_like(inside, float("nan"), dtype=depth.dtype))
+    vals = torch.where(
+        inside,
+        depth.flatten()[None].expand(n, -1),
+        torch.full_like(inside, float("nan"), dtype=depth.dtype),
+    )
     median = torch.nanmedian(vals, dim=1).values
     points = backproject(depth[None], K[None].to(depth.dtype))[0].reshape(-1, 3)  # [HW, 3]
     weights = inside.to(depth.dtype)

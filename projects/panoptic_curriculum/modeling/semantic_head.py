@@ -1,5 +1,6 @@
 """The DeepLabV3+ semantic decoder, as detectron2's DeepLab project builds it, usable on any
 input size."""
+
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from detectron2.projects.deeplab import DeepLabV3PlusHead
 

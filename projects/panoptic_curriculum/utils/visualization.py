@@ -717,8 +717,29 @@ def render_point_cloud_panels(
 
 
 def display_available() -> bool:
-    """Whether an on-screen window may be opened (an X11 or Wayland display is set)."""
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    """Whether an on-screen window can be opened: ``DISPLAY`` is set and names an X server
+    that accepts a connection (checked with Xlib's ``XOpenDisplay``).
+
+    Merely testing ``DISPLAY`` is not enough: with an unreachable display, Open3D's
+    ``Visualizer`` falls back to an invisible EGL context whose ``run()`` never returns.
+    """
+    if not os.environ.get("DISPLAY"):
+        return False
+    import ctypes
+    import ctypes.util
+
+    try:
+        x11 = ctypes.CDLL(ctypes.util.find_library("X11") or "libX11.so.6")
+    except OSError:
+        return False
+    x11.XOpenDisplay.argtypes = [ctypes.c_char_p]
+    x11.XOpenDisplay.restype = ctypes.c_void_p
+    x11.XCloseDisplay.argtypes = [ctypes.c_void_p]
+    display = x11.XOpenDisplay(None)
+    if not display:
+        return False
+    x11.XCloseDisplay(display)
+    return True
 
 
 def show_point_clouds(
@@ -757,6 +778,7 @@ def show_point_clouds(
         options = vis.get_render_option()
         if options is not None:
             options.point_size = float(point_size)
+            options.background_color = np.asarray([0.1, 0.1, 0.1])
         control = vis.get_view_control()
         if control is not None:  # look along +z with image "up" (-y) up, as the camera does
             control.set_front([0.0, 0.0, -1.0])

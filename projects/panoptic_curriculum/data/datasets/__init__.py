@@ -1,5 +1,6 @@
 """Dataset registration: importing this module registers every dataset of the plugin under
 the root ``$DETECTRON2_DATASETS`` (default ``./datasets``)."""
+
 import os
 
 from .cityscapes_depth import register_all_cityscapes_depth

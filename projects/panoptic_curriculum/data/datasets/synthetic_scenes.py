@@ -17,6 +17,7 @@ Generation is deterministic from the split's seed (image ``i`` uses seed ``(seed
 written into a temporary folder and moved into place when complete, under a file lock so
 that several processes (multi-GPU training) generate it once.
 """
+
 import json
 import logging
 import os
@@ -49,7 +50,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: bump when the generator's output changes, so cached splits are regenerated
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 3
 
 #: registered splits: name -> (folder, number of images, seed, height, width)
 SYNTHETIC_SPLITS = {
@@ -94,8 +95,9 @@ def _rle(mask: np.ndarray) -> Dict:
     return rle
 
 
-def generate_synthetic_scenes(out_dir: str, num_images: int, seed: int, height: int,
-                              width: int) -> float:
+def generate_synthetic_scenes(
+    out_dir: str, num_images: int, seed: int, height: int, width: int
+) -> float:
     """Render ``num_images`` scenes into ``out_dir`` (created; must not exist).
 
     Returns:
@@ -115,8 +117,15 @@ def generate_synthetic_scenes(out_dir: str, num_images: int, seed: int, height: 
         _write_png(os.path.join(out_dir, "depth", stem + ".png"), encode_depth_png_mm(sample.depth))
         _write_png(os.path.join(out_dir, "sem_seg", stem + ".png"), sample.sem_seg)
         with open(os.path.join(out_dir, "camera", stem + ".json"), "w") as f:
-            json.dump({"K": sample.K.tolist(), "depth_format": "png_mm", "depth_unit_m": 1e-3,
-                       **sample.camera}, f)
+            json.dump(
+                {
+                    "K": sample.K.tolist(),
+                    "depth_format": "png_mm",
+                    "depth_unit_m": 1e-3,
+                    **sample.camera,
+                },
+                f,
+            )
         images.append({"id": idx, "file_name": stem + ".png", "height": height, "width": width})
 
         # Panoptic segments: one per present stuff class, one per instance.
@@ -126,15 +135,29 @@ def generate_synthetic_scenes(out_dir: str, num_images: int, seed: int, height: 
             mask = sample.instance_ids == k
             x0, y0, w, h = cv2.boundingRect(mask.astype(np.uint8))
             cat = dataset_id[inst["category"]]
-            annotations.append({
-                "id": ann_id, "image_id": idx, "category_id": cat, "iscrowd": 0,
-                "area": int(mask.sum()), "bbox": [x0, y0, w, h], "segmentation": _rle(mask),
-            })
+            annotations.append(
+                {
+                    "id": ann_id,
+                    "image_id": idx,
+                    "category_id": cat,
+                    "iscrowd": 0,
+                    "area": int(mask.sum()),
+                    "bbox": [x0, y0, w, h],
+                    "segmentation": _rle(mask),
+                }
+            )
             ann_id += 1
             seg_id = len(segments) + 1
             pan[mask] = seg_id
-            segments.append({"id": seg_id, "category_id": cat, "iscrowd": 0,
-                             "area": int(mask.sum()), "bbox": [x0, y0, w, h]})
+            segments.append(
+                {
+                    "id": seg_id,
+                    "category_id": cat,
+                    "iscrowd": 0,
+                    "area": int(mask.sum()),
+                    "bbox": [x0, y0, w, h],
+                }
+            )
         for cls, cat in enumerate(CATEGORIES):
             if cat["isthing"]:
                 continue
@@ -144,30 +167,60 @@ def generate_synthetic_scenes(out_dir: str, num_images: int, seed: int, height: 
             seg_id = len(segments) + 1
             pan[mask] = seg_id
             x0, y0, w, h = cv2.boundingRect(mask.astype(np.uint8))
-            segments.append({"id": seg_id, "category_id": cat["id"], "iscrowd": 0,
-                             "area": int(mask.sum()), "bbox": [x0, y0, w, h]})
+            segments.append(
+                {
+                    "id": seg_id,
+                    "category_id": cat["id"],
+                    "iscrowd": 0,
+                    "area": int(mask.sum()),
+                    "bbox": [x0, y0, w, h],
+                }
+            )
         rgb = np.stack([pan % 256, pan // 256 % 256, pan // 65536], axis=-1).astype(np.uint8)
         _write_png(os.path.join(out_dir, "panoptic", stem + ".png"), rgb[:, :, ::-1])
-        pan_annotations.append({"image_id": idx, "file_name": stem + ".png",
-                                "segments_info": segments})
+        pan_annotations.append(
+            {"image_id": idx, "file_name": stem + ".png", "segments_info": segments}
+        )
 
-    thing_cats = [{"id": c["id"], "name": c["name"], "supercategory": "thing"}
-                  for c in CATEGORIES if c["isthing"]]
-    pan_cats = [{"id": c["id"], "name": c["name"], "isthing": c["isthing"], "color": c["color"],
-                 "supercategory": "thing" if c["isthing"] else "stuff"} for c in CATEGORIES]
+    thing_cats = [
+        {"id": c["id"], "name": c["name"], "supercategory": "thing"}
+        for c in CATEGORIES
+        if c["isthing"]
+    ]
+    pan_cats = [
+        {
+            "id": c["id"],
+            "name": c["name"],
+            "isthing": c["isthing"],
+            "color": c["color"],
+            "supercategory": "thing" if c["isthing"] else "stuff",
+        }
+        for c in CATEGORIES
+    ]
     info = {"description": "synthetic scenes (panoptic_curriculum)", "version": GENERATOR_VERSION}
     with open(os.path.join(out_dir, "instances.json"), "w") as f:
-        json.dump({"info": info, "images": images, "annotations": annotations,
-                   "categories": thing_cats}, f)
+        json.dump(
+            {"info": info, "images": images, "annotations": annotations, "categories": thing_cats},
+            f,
+        )
     with open(os.path.join(out_dir, "panoptic.json"), "w") as f:
-        json.dump({"info": info, "images": images, "annotations": pan_annotations,
-                   "categories": pan_cats}, f)
+        json.dump(
+            {
+                "info": info,
+                "images": images,
+                "annotations": pan_annotations,
+                "categories": pan_cats,
+            },
+            f,
+        )
     return num_images / (time.perf_counter() - start)
 
 
 def _spec(params: Dict) -> Dict:
-    return {"version": GENERATOR_VERSION, **{k: params[k] for k in
-                                             ("num_images", "seed", "height", "width")}}
+    return {
+        "version": GENERATOR_VERSION,
+        **{k: params[k] for k in ("num_images", "seed", "height", "width")},
+    }
 
 
 def ensure_generated(split_dir: str, params: Dict) -> None:
@@ -191,8 +244,9 @@ def ensure_generated(split_dir: str, params: Dict) -> None:
         tmp = f"{split_dir}.partial-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         logger.info("Generating %d synthetic scenes into %s ...", spec["num_images"], split_dir)
-        rate = generate_synthetic_scenes(tmp, spec["num_images"], spec["seed"],
-                                         spec["height"], spec["width"])
+        rate = generate_synthetic_scenes(
+            tmp, spec["num_images"], spec["seed"], spec["height"], spec["width"]
+        )
         with open(os.path.join(tmp, "spec.json"), "w") as f:
             json.dump(spec, f)
         if os.path.exists(split_dir):
@@ -211,8 +265,9 @@ def load_synthetic_scenes(split_dir: str, params: Dict, dataset_name: str = None
     ``depth_file_name``, ``depth_format`` and ``intrinsics`` (3x3, pixels).
     """
     ensure_generated(split_dir, params)
-    dicts = load_coco_json(os.path.join(split_dir, "instances.json"),
-                           os.path.join(split_dir, "image"), dataset_name)
+    dicts = load_coco_json(
+        os.path.join(split_dir, "instances.json"), os.path.join(split_dir, "image"), dataset_name
+    )
     meta = get_synthetic_scenes_metadata()
     stuff_map = meta["stuff_dataset_id_to_contiguous_id"]
     thing_ids = set(meta["thing_dataset_id_to_contiguous_id"])
@@ -224,7 +279,11 @@ def load_synthetic_scenes(split_dir: str, params: Dict, dataset_name: str = None
         d["sem_seg_file_name"] = os.path.join(split_dir, "sem_seg", stem + ".png")
         d["pan_seg_file_name"] = os.path.join(split_dir, "panoptic", pan["file_name"])
         d["segments_info"] = [
-            {**s, "category_id": stuff_map[s["category_id"]], "isthing": s["category_id"] in thing_ids}
+            {
+                **s,
+                "category_id": stuff_map[s["category_id"]],
+                "isthing": s["category_id"] in thing_ids,
+            }
             for s in pan["segments_info"]
         ]
         camera_file = os.path.join(split_dir, "camera", stem + ".json")
@@ -238,16 +297,19 @@ def load_synthetic_scenes(split_dir: str, params: Dict, dataset_name: str = None
     return dicts
 
 
-def register_synthetic_scenes(name: str, root: str, split: str, num_images: int, seed: int,
-                              height: int, width: int) -> None:
+def register_synthetic_scenes(
+    name: str, root: str, split: str, num_images: int, seed: int, height: int, width: int
+) -> None:
     """Register a synthetic-scenes split as ``name`` (generated lazily under
     ``<root>/synthetic_scenes/<split>``). Other sizes, seeds and counts can be registered
     under new names the same way."""
     params = dict(num_images=num_images, seed=seed, height=height, width=width)
     split_dir = os.path.join(root, "synthetic_scenes", split)
     DatasetCatalog.register(
-        name, lambda split_dir=split_dir, params=params, name=name:
-        load_synthetic_scenes(split_dir, params, name)
+        name,
+        lambda split_dir=split_dir, params=params, name=name: load_synthetic_scenes(
+            split_dir, params, name
+        ),
     )
     MetadataCatalog.get(name).set(
         image_root=os.path.join(split_dir, "image"),

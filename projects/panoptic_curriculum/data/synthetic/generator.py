@@ -17,6 +17,7 @@ its origin at the camera centre, ``y`` pointing down (the ground is the plane
 ``y = camera_height``) and ``z`` pointing forward horizontally; the camera is pitched down
 by ``pitch`` about the ``x`` axis. Pixel convention: see :mod:`panoptic_curriculum.geometry`.
 """
+
 from dataclasses import dataclass, field
 from typing import Dict, List
 
@@ -112,8 +113,10 @@ def sample_scene(rng: np.random.Generator, height: int, width: int) -> Dict:
     cx = (width - 1) / 2.0 + rng.normal(0.0, 0.03 * width)
     cy = (height - 1) / 2.0 + rng.normal(0.0, 0.03 * height)
     K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
-    cam_height = rng.uniform(1.2, 1.9)
-    pitch = np.deg2rad(rng.uniform(2.0, 12.0))
+    # a vehicle-mounted rig: height and pitch vary a little (monocular metric depth needs a
+    # known ground geometry), the lens (K) varies a lot
+    cam_height = rng.uniform(1.45, 1.6)
+    pitch = np.deg2rad(rng.uniform(3.0, 6.0))
     wall_dist = rng.uniform(16.0, 30.0)
     wall_height = rng.uniform(2.0, 7.0)
 
@@ -140,17 +143,33 @@ def sample_scene(rng: np.random.Generator, height: int, width: int) -> Dict:
             continue
         footprints.append((x, z, foot))
         objects.append(
-            SceneObject(kind, np.array([x, cy_obj, z]), size, rng.uniform(0, np.pi / 2),
-                        _sample_albedo(rng, kind))
+            SceneObject(
+                kind,
+                np.array([x, cy_obj, z]),
+                size,
+                rng.uniform(0, np.pi / 2),
+                _sample_albedo(rng, kind),
+            )
         )
     return dict(
-        K=K, cam_height=cam_height, pitch=pitch, wall_dist=wall_dist, wall_height=wall_height,
-        hfov=hfov, objects=objects,
-        light=_normalize(np.array([rng.uniform(-0.6, 0.6), 1.0, rng.uniform(-0.2, 0.8)])),  # direction the light travels
-        ground_albedo=(_hsv_to_rgb(rng.uniform(0.22, 0.35), rng.uniform(0.25, 0.5), 0.55),
-                       _hsv_to_rgb(rng.uniform(0.22, 0.35), rng.uniform(0.25, 0.5), 0.42)),
-        wall_albedo=_hsv_to_rgb(rng.uniform(0.55, 0.7), rng.uniform(0.05, 0.2), rng.uniform(0.45, 0.7)),
-        checker=rng.uniform(0.8, 1.6),
+        K=K,
+        cam_height=cam_height,
+        pitch=pitch,
+        wall_dist=wall_dist,
+        wall_height=wall_height,
+        hfov=hfov,
+        objects=objects,
+        light=_normalize(
+            np.array([rng.uniform(-0.6, 0.6), 1.0, rng.uniform(-0.2, 0.8)])
+        ),  # direction the light travels
+        ground_albedo=(
+            _hsv_to_rgb(rng.uniform(0.22, 0.35), rng.uniform(0.25, 0.5), 0.55),
+            _hsv_to_rgb(rng.uniform(0.22, 0.35), rng.uniform(0.25, 0.5), 0.42),
+        ),
+        wall_albedo=_hsv_to_rgb(
+            rng.uniform(0.55, 0.7), rng.uniform(0.05, 0.2), rng.uniform(0.45, 0.7)
+        ),
+        checker=1.0,  # 1 m floor tiles: a metric cue, like real-world texture scales
     )
 
 
@@ -216,8 +235,9 @@ def _hit_cylinder(d, c, r, h, ground_y):
     return t, n
 
 
-def render_scene(scene: Dict, height: int, width: int, rng: np.random.Generator,
-                 min_instance_area: int = 12) -> SceneSample:
+def render_scene(
+    scene: Dict, height: int, width: int, rng: np.random.Generator, min_instance_area: int = 12
+) -> SceneSample:
     """Ray-cast ``scene`` (from :func:`sample_scene`) at ``height x width`` pixels."""
     K = scene["K"]
     v, u = np.mgrid[0:height, 0:width].astype(np.float64)
@@ -265,7 +285,9 @@ def render_scene(scene: Dict, height: int, width: int, rng: np.random.Generator,
     shade = 0.35 + 0.65 * np.clip(normal @ (-light), 0.0, 1.0)
     points = d * depth[:, None]
     albedo = np.zeros((num_pix, 3))
-    checker = ((np.floor(points[:, 0] / scene["checker"]) + np.floor(points[:, 2] / scene["checker"])) % 2).astype(bool)
+    checker = (
+        (np.floor(points[:, 0] / scene["checker"]) + np.floor(points[:, 2] / scene["checker"])) % 2
+    ).astype(bool)
     ga, gb = scene["ground_albedo"]
     albedo[surface == 0] = np.where(checker[surface == 0, None], ga, gb)
     brick = (np.floor(points[:, 1] / 0.4) % 2).astype(bool)
@@ -292,7 +314,17 @@ def render_scene(scene: Dict, height: int, width: int, rng: np.random.Generator,
             sem[inst == k] = IGNORE_LABEL
     inst = relabel[inst]
 
-    camera = {"camera_height_m": float(g), "pitch_deg": float(np.rad2deg(p)),
-              "hfov_deg": float(np.rad2deg(scene["hfov"]))}
-    return SceneSample(image=image, depth=depth.reshape(height, width).astype(np.float32),
-                       sem_seg=sem, instance_ids=inst, instances=instances, K=K.copy(), camera=camera)
+    camera = {
+        "camera_height_m": float(g),
+        "pitch_deg": float(np.rad2deg(p)),
+        "hfov_deg": float(np.rad2deg(scene["hfov"])),
+    }
+    return SceneSample(
+        image=image,
+        depth=depth.reshape(height, width).astype(np.float32),
+        sem_seg=sem,
+        instance_ids=inst,
+        instances=instances,
+        K=K.copy(),
+        camera=camera,
+    )
