@@ -66,7 +66,9 @@ def test_one_backbone_call_per_batch(model):
 
 def test_loss_weights_come_from_config():
     torch.manual_seed(0)
-    base = build_model(tiny_cfg())
+    base = build_model(
+        tiny_cfg("configs/synthetic/curriculum_R18_FPN.yaml", "MODEL.DEPTH_HEAD.LOSS_WEIGHT", 1.0)
+    )
     torch.manual_seed(0)
     weighted = build_model(
         tiny_cfg(
