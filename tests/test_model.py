@@ -230,6 +230,32 @@ def test_point_cloud_at_inference():
     assert (out["points"][:, 2] > 0).all()
 
 
+def test_point_cloud_skips_no_surface_classes():
+    cfg = tiny_cfg(
+        "configs/synthetic/curriculum_R18_FPN.yaml",
+        "MODEL.POINT_HEAD.INFERENCE_ON",
+        True,
+        "MODEL.POINT_HEAD.NO_SURFACE_CLASSES",
+        [6],
+    )
+    m = build_model(cfg).eval()
+    with torch.no_grad():  # a 2D head that predicts sky on the top half of every image
+        m.sem_seg_head.predictor.weight.zero_()
+        m.sem_seg_head.predictor.bias.zero_()
+    x = fake_sample(seed=6)
+    orig = m.sem_seg_head.layers
+
+    def sky_on_top(features):
+        y = orig(features)
+        y[:, 6, : y.shape[2] // 2] = 10.0
+        return y
+
+    m.sem_seg_head.layers = sky_on_top
+    out = m([x])[0]["point_cloud"]
+    assert len(out["labels_2d"]) > 0 and (out["labels_2d"] != 6).all()
+    assert (out["pixels"][:, 1] >= x["image"].shape[1] / 2 - 4).all()
+
+
 def test_missing_intrinsics_is_a_clear_error(model):
     x = fake_sample(seed=0)
     del x["intrinsics"]

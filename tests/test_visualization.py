@@ -255,3 +255,21 @@ def test_visualize_data_tool(tmp_path):
     pc = o3d.io.read_point_cloud(str(out_dir / expected["pointcloud_ply"]))
     assert sample["num_valid_depth_pixels"] > 0
     assert len(pc.points) == sample["num_points"] == sample["num_valid_depth_pixels"]
+
+
+def test_prediction_point_cloud_skips_no_surface_classes():
+    from types import SimpleNamespace
+
+    from panoptic_curriculum.utils.visualization import prediction_point_cloud
+
+    h, w = 6, 8
+    logits = torch.zeros(3, h, w)
+    logits[2, :2] = 5.0  # class 2 ("sky") on the top two rows
+    logits[0, 2:] = 5.0
+    outputs = {"sem_seg": logits, "depth": torch.full((h, w), 4.0)}
+    K = np.array([[10.0, 0, 3.5], [0, 10.0, 2.5], [0, 0, 1]])
+    meta = SimpleNamespace(get=lambda k, d=None: [[255, 0, 0], [0, 255, 0], [0, 0, 255]])
+    pts, cols = prediction_point_cloud(outputs, K, meta)
+    assert len(pts) == h * w
+    pts, cols = prediction_point_cloud(outputs, K, meta, skip_classes=[2])
+    assert len(pts) == (h - 2) * w and np.allclose(cols, [1.0, 0.0, 0.0])

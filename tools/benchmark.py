@@ -6,9 +6,10 @@
     least 1.8x faster);
 (b) training-step time (forward, backward, SGD step) with the point branch on against off
     (target: at most 15% overhead at 4096 points per image);
-(c) peak memory of each: CUDA peak allocation on a GPU; on the CPU, the rise of the
-    process's peak resident memory during the measurement (each measurement runs in a fresh
-    subprocess so that peaks do not mix).
+(c) peak memory of each: CUDA peak allocation during the timed steps on a GPU; on the
+    CPU, the process's peak resident memory minus its resident memory before the model was
+    built (model, optimizer state, activations, allocator caches; each measurement runs in
+    a fresh subprocess so that peaks do not mix).
 
 On a GPU, runs use bf16 autocast. Samples are real synthetic-scenes training samples,
 resized to the stated resolution. Prints a table and writes JSON.
@@ -70,6 +71,14 @@ def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _current_rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
 def run_variant(args, name):
     """Measure one variant in this process; returns a dict."""
     import torch
@@ -91,6 +100,7 @@ def run_variant(args, name):
         + ["MODEL.DEVICE", device, "MODEL.POINT_HEAD.NUM_POINTS", args.num_points]
         + args.opts,
     )
+    rss_before_model = _current_rss_mb()
     torch.manual_seed(0)
     model = build_model(cfg)
     if args.threads:
@@ -130,7 +140,6 @@ def run_variant(args, name):
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-        rss0 = _peak_rss_mb()
         times = []
         for _ in range(args.iters):
             t0 = time.perf_counter()
@@ -140,7 +149,7 @@ def run_variant(args, name):
     peak = (
         (torch.cuda.max_memory_allocated() - base) / 2**20
         if device == "cuda"
-        else _peak_rss_mb() - rss0
+        else _peak_rss_mb() - rss_before_model
     )
     return {
         "variant": name,
@@ -149,7 +158,7 @@ def run_variant(args, name):
         "median_s": times[len(times) // 2],
         "mean_s": sum(times) / len(times),
         "peak_mem_mb": peak,
-        "peak_mem_kind": "cuda_alloc" if device == "cuda" else "rss_rise",
+        "peak_mem_kind": "cuda_alloc" if device == "cuda" else "rss_above_pre_model",
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
     }
 

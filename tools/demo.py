@@ -201,7 +201,9 @@ def process_image(
         entry["num_segments"] = len(outputs["panoptic_seg"][1])
     if "depth" in outputs:
         depth = outputs["depth"].cpu().numpy()
-        points, colors = prediction_point_cloud(outputs, K, metadata)
+        points, colors = prediction_point_cloud(
+            outputs, K, metadata, predictor.cfg.MODEL.POINT_HEAD.NO_SURFACE_CLASSES
+        )
         files["pointcloud_ply"] = f"{stem}_pointcloud.ply"
         save_point_cloud_ply(os.path.join(args.output, files["pointcloud_ply"]), points, colors)
         files["pointcloud_render"] = f"{stem}_pointcloud.png"

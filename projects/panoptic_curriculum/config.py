@@ -112,6 +112,9 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     cfg.MODEL.POINT_HEAD.CONSISTENCY_WEIGHT = 1.0
     # Return the labelled point cloud at inference ("point_cloud" in each output dict).
     cfg.MODEL.POINT_HEAD.INFERENCE_ON = False
+    # Semantic class ids without a surface (e.g. sky): at inference, pixels predicted as
+    # one of them are not lifted into the point cloud.
+    cfg.MODEL.POINT_HEAD.NO_SURFACE_CLASSES = []
     from .modeling.point_head import add_point_head_config
 
     add_point_head_config(cfg)  # the PointNet++ layout keys (FP_CHANNELS, NORM, ...)

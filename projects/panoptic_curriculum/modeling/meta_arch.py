@@ -119,6 +119,7 @@ class PanopticCurriculumModel(nn.Module):
         use_image_features: bool = False,
         image_feature_name: Optional[str] = None,
         point_inference: bool = False,
+        no_surface_classes: Sequence[int] = (),
         thing_to_sem: Sequence[int] = (),
         panoptic_overlap_threshold: float = 0.5,
         panoptic_stuff_area_limit: int = 64,
@@ -141,6 +142,9 @@ class PanopticCurriculumModel(nn.Module):
             use_image_features: feed the point network the encoder feature
                 ``image_feature_name`` sampled at each point's pixel.
             point_inference: also run the point branch at inference.
+            no_surface_classes: semantic classes without a surface (sky): at inference the
+                point branch skips pixels predicted as one of them (in training, pixels
+                without valid ground-truth depth are skipped).
             thing_to_sem: semantic class id of each thing class (panoptic fusion).
             panoptic_*: Panoptic FPN fusion thresholds (overlap fraction, stuff area in
                 pixels, instance score).
@@ -167,6 +171,7 @@ class PanopticCurriculumModel(nn.Module):
         self.use_image_features = use_image_features
         self.image_feature_name = image_feature_name
         self.point_inference = point_inference
+        self.no_surface_classes = list(no_surface_classes)
         self.thing_to_sem = list(thing_to_sem)
         self.panoptic_overlap_threshold = panoptic_overlap_threshold
         self.panoptic_stuff_area_limit = panoptic_stuff_area_limit
@@ -211,6 +216,7 @@ class PanopticCurriculumModel(nn.Module):
             "use_image_features": use_img,
             "image_feature_name": feat_name,
             "point_inference": cfg.MODEL.POINT_HEAD.INFERENCE_ON,
+            "no_surface_classes": cfg.MODEL.POINT_HEAD.NO_SURFACE_CLASSES,
             "thing_to_sem": thing_to_semantic_ids(
                 train_sets[0] if train_sets else None, cfg.MODEL.ROI_HEADS.NUM_CLASSES
             ),
@@ -390,7 +396,11 @@ class PanopticCurriculumModel(nn.Module):
         needs_k = self.point_head is not None and self.point_inference
         K = self._intrinsics(batched_inputs) if needs_k else None
         if needs_k:
-            point_out = self._point_branch(features, sem_logits, depth, K, self._image_mask(images))
+            valid = self._image_mask(images)
+            if self.no_surface_classes:  # e.g. sky: no surface to lift, never trained on
+                no_surface = torch.as_tensor(self.no_surface_classes, device=self.device)
+                valid &= ~torch.isin(sem_logits.argmax(dim=1), no_surface)
+            point_out = self._point_branch(features, sem_logits, depth, K, valid)
 
         results = []
         for i, (x, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):

@@ -834,14 +834,20 @@ def draw_prediction(
     return pictures
 
 
-def prediction_point_cloud(outputs: dict, K: ArrayLike, metadata) -> Tuple[np.ndarray, np.ndarray]:
+def prediction_point_cloud(
+    outputs: dict, K: ArrayLike, metadata, skip_classes: Sequence[int] = ()
+) -> Tuple[np.ndarray, np.ndarray]:
     """Back-project an image's predicted depth with ``K`` (intrinsics of the outputs' size)
     and colour each point by its predicted semantic class (``metadata.stuff_colors``; grey
     without a semantic output).
 
+    Args:
+        skip_classes: predicted classes without a surface (sky): their pixels are dropped.
+
     Returns:
         (points, colors): ``(N, 3)`` float32 metres, ``(N, 3)`` float32 RGB in 0..1, one point
-        per pixel with a valid (positive, finite) predicted depth, in row-major pixel order.
+        per pixel with a valid (positive, finite) predicted depth and a class not in
+        ``skip_classes``, in row-major pixel order.
     """
     if "depth" not in outputs:
         raise KeyError("the outputs have no 'depth' (MODEL.PANOPTIC_CURRICULUM.DEPTH_ON)")
@@ -849,6 +855,11 @@ def prediction_point_cloud(outputs: dict, K: ArrayLike, metadata) -> Tuple[np.nd
     colors = metadata.get("stuff_colors", None)
     if labels is not None and not colors:
         raise ValueError("metadata has no stuff_colors to colour the points by class")
+    depth = outputs["depth"]
+    if labels is not None and len(skip_classes):
+        depth = torch.as_tensor(depth).clone()
+        skip = torch.isin(torch.as_tensor(labels), torch.as_tensor(list(skip_classes)))
+        depth[skip.to(depth.device)] = 0.0
     return class_colored_points(
-        outputs["depth"], K, labels, colors if labels is not None else np.zeros((0, 3))
+        depth, K, labels, colors if labels is not None else np.zeros((0, 3))
     )
