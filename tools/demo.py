@@ -53,6 +53,7 @@ from panoptic_curriculum.engine.predictor import (
     load_intrinsics_json,
 )
 from panoptic_curriculum.utils.visualization import (
+    add_picture_arguments,
     PointCloudRenderer,
     draw_prediction,
     prediction_point_cloud,
@@ -96,20 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=0.5,
         help="minimum score of the instances drawn (default %(default)s)",
     )
-    parser.add_argument(
-        "--max-depth",
-        type=float,
-        default=None,
-        help="metres at the top of the depth colour scale (default: each image's maximum)",
-    )
-    parser.add_argument(
-        "--render-size",
-        type=int,
-        nargs=2,
-        default=(640, 480),
-        metavar=("WIDTH", "HEIGHT"),
-        help="size of the point-cloud renderings in pixels",
-    )
+    add_picture_arguments(parser)
     parser.add_argument(
         "opts",
         default=None,

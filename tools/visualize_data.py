@@ -37,6 +37,7 @@ import tqdm
 import panoptic_curriculum  # noqa: F401  (before detectron2: compatibility fixes, datasets)
 from panoptic_curriculum import load_config
 from panoptic_curriculum.data.dataset_mapper import RGBDDatasetMapper
+from panoptic_curriculum.utils.visualization import add_picture_arguments
 from panoptic_curriculum.utils import (
     PointCloudRenderer,
     class_colored_points,
@@ -71,20 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--dataset", default=None, help="registered dataset name (default: DATASETS.TRAIN[0])"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the augmentations")
-    parser.add_argument(
-        "--max-depth",
-        type=float,
-        default=None,
-        help="metres at the top of the depth colour scale (default: each image's maximum)",
-    )
-    parser.add_argument(
-        "--render-size",
-        type=int,
-        nargs=2,
-        default=(640, 480),
-        metavar=("WIDTH", "HEIGHT"),
-        help="size of the point-cloud renderings in pixels",
-    )
+    add_picture_arguments(parser)
     parser.add_argument(
         "opts",
         default=None,

@@ -228,6 +228,10 @@ def apply() -> dict:
     import numpy as np
     from PIL import Image
 
+    # v0.6 scripts a few helpers with torch.jit.script, which today's torch deprecates
+    warnings.filterwarnings(
+        "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+    )
     report = {
         "numpy": patch_numpy(np),
         "pillow": patch_pillow(Image),

@@ -33,6 +33,7 @@ from detectron2.utils.visualizer import Visualizer
 from ..geometry import backproject
 
 __all__ = [
+    "add_picture_arguments",
     "colorize_depth",
     "draw_semantic",
     "draw_instances",
@@ -862,4 +863,23 @@ def prediction_point_cloud(
         depth[skip.to(depth.device)] = 0.0
     return class_colored_points(
         depth, K, labels, colors if labels is not None else np.zeros((0, 3))
+    )
+
+
+def add_picture_arguments(parser) -> None:
+    """The drawing options shared by the tools: ``--max-depth`` (metres at the top of the
+    depth colour scale) and ``--render-size WIDTH HEIGHT`` (point-cloud renderings)."""
+    parser.add_argument(
+        "--max-depth",
+        type=float,
+        default=None,
+        help="metres at the top of the depth colour scale (default: each image's maximum)",
+    )
+    parser.add_argument(
+        "--render-size",
+        type=int,
+        nargs=2,
+        default=(640, 480),
+        metavar=("WIDTH", "HEIGHT"),
+        help="size of the point-cloud renderings in pixels",
     )
