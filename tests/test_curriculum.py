@@ -287,3 +287,11 @@ def test_non_finite_loss_names_the_loss_and_iteration():
     with EventStorage(start_iter=17):
         with pytest.raises(FloatingPointError, match=r"iteration 17: .*loss_depth"):
             model([fake_sample(seed=0)])
+
+
+def test_unreachable_weights_url_is_named():
+    """No network: an http MODEL.WEIGHTS fails with a message naming the URL (loopback port 9,
+    where nothing listens, refuses at once)."""
+    url = "http://127.0.0.1:9/weights/model_final.pth"
+    with pytest.raises(OSError, match="cannot download the weights http://127.0.0.1:9/weights"):
+        AtomicCheckpointer(nn.Linear(2, 2)).load(url)

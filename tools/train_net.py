@@ -17,11 +17,11 @@ last checkpoint (``--resume`` is accepted for detectron2 compatibility and impli
 import logging
 
 import panoptic_curriculum  # noqa: F401  isort:skip  first: detectron2 v0.6 compatibility layer
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup
 
 from panoptic_curriculum import load_config
 from panoptic_curriculum.engine import STAGES, PanopticCurriculumTrainer, run_curriculum
+from panoptic_curriculum.engine.checkpoint import AtomicCheckpointer
 from panoptic_curriculum.engine.launch import launch
 
 logger = logging.getLogger("panoptic_curriculum")
@@ -37,7 +37,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = PanopticCurriculumTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         return PanopticCurriculumTrainer.test(cfg, model)

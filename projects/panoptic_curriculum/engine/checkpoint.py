@@ -1,5 +1,5 @@
-"""Checkpoints written atomically: an interrupted save never leaves a truncated file or a
-``last_checkpoint`` that points at one."""
+"""Checkpoints written atomically (an interrupted save never leaves a truncated file or a
+``last_checkpoint`` that points at one), and weights that cannot be fetched reported by URL."""
 
 import os
 
@@ -31,7 +31,19 @@ def atomic_write_text(path: str, text: str) -> None:
 
 class AtomicCheckpointer(DetectionCheckpointer):
     """detectron2's checkpointer with atomic writes of the checkpoint and of the
-    ``last_checkpoint`` tag (local folders)."""
+    ``last_checkpoint`` tag (local folders), and an error naming the URL when remote weights
+    cannot be downloaded (no network)."""
+
+    def load(self, path: str, checkpointables=None):
+        try:
+            return super().load(path, checkpointables=checkpointables)
+        except OSError as e:  # urllib's URLError is an OSError
+            if "://" not in (path or "") or os.path.isfile(path):
+                raise
+            raise OSError(
+                f"cannot download the weights {path} ({e}); download the file where there is "
+                "a network and set MODEL.WEIGHTS to its local path"
+            ) from e
 
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:

@@ -16,13 +16,13 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
 from ..data.transforms import transform_intrinsics
 from ..geometry import check_intrinsics
+from .checkpoint import AtomicCheckpointer
 
 __all__ = ["RGBDPredictor", "intrinsics_from_fov", "load_intrinsics_json", "DEFAULT_FOV_DEG"]
 
@@ -135,7 +135,7 @@ class RGBDPredictor:
         else:
             self.metadata = MetadataCatalog.get("__unused")
         if cfg.MODEL.WEIGHTS:
-            DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+            AtomicCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
         else:
             logger.warning("MODEL.WEIGHTS is empty: the predictor uses random weights")
         self.aug = T.ResizeShortestEdge(
