@@ -13,7 +13,7 @@ Variants (same total number of training iterations B = SEMANTIC_ITER + INSTANCE_
 
 Every run evaluates on the config's test set; the script prints a markdown table (mean and
 standard deviation over seeds) and writes it with all numbers to ``OUTPUT/ablation.{md,json}``.
-Runs are resumable: finished ones are read back from their ``summary.json``.
+Runs are resumable: finished ones are read back from their ``ablation_result.json``.
 
     python tools/ablation.py --config-file configs/synthetic/curriculum_R18_FPN.yaml \
         --seeds 0 1 --semantic-iter 150 --instance-iter 150 --output output/ablation
@@ -73,7 +73,7 @@ def _cfg(args, seed, out_dir, overrides):
 def run_variant(args, name, seed):
     """Final results of one variant and seed (merged model, or the jointly trained one)."""
     out_dir = os.path.join(args.output, f"{name}_seed{seed}")
-    summary = os.path.join(out_dir, "summary.json")
+    summary = os.path.join(out_dir, "ablation_result.json")  # run_curriculum owns summary.json
     if os.path.isfile(summary):
         with open(summary) as f:
             return json.load(f)["final"]
