@@ -168,8 +168,12 @@ def test_pkg_resources_shim_installs_when_absent(monkeypatch):
     import importlib.util
 
     monkeypatch.delitem(sys.modules, "pkg_resources")
-    if importlib.util.find_spec("pkg_resources") is not None:
-        pytest.skip("a real pkg_resources is installed")
+    real_find_spec = importlib.util.find_spec  # hide a real pkg_resources, if any
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "pkg_resources" else real_find_spec(name, *a),
+    )
     assert compat.install_pkg_resources_shim() is True
     shim = sys.modules["pkg_resources"]
     path = shim.resource_filename("detectron2.model_zoo", "configs/Base-RCNN-FPN.yaml")
