@@ -59,6 +59,20 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     cfg.MODEL.FREEZE = CN()
     cfg.MODEL.FREEZE.PREFIXES = []
 
+    # ---------------------------------------------------------------- instance adapter
+    # A residual block between the encoder and the Mask R-CNN decoder, owned (and trained)
+    # by the instance decoder: in the curriculum's instance stage the encoder stays frozen
+    # while the adapter learns what detection needs from its features. "" or "none": off.
+    cfg.MODEL.INSTANCE_ADAPTER = CN()
+    # Name in INSTANCE_ADAPTER_REGISTRY ("ResidualConvAdapter") or "none".
+    cfg.MODEL.INSTANCE_ADAPTER.NAME = "none"
+    # Convolutions in the residual block (the last starts at zero: identity at start).
+    cfg.MODEL.INSTANCE_ADAPTER.NUM_CONVS = 2
+    # Their kernel size (odd).
+    cfg.MODEL.INSTANCE_ADAPTER.KERNEL_SIZE = 3
+    # Normalisation after each convolution but the last ("", "GN", "BN", "SyncBN").
+    cfg.MODEL.INSTANCE_ADAPTER.NORM = "GN"
+
     # ---------------------------------------------------------------- depth head
     cfg.MODEL.DEPTH_HEAD = CN()
     # Name in DEPTH_HEAD_REGISTRY.

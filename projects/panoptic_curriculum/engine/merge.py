@@ -20,9 +20,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: top-level modules taken from the semantic stage (encoder, semantic decoder, depth head,
-#: point branch) and from the instance stage (Mask R-CNN decoder)
+#: point branch) and from the instance stage (Mask R-CNN decoder and its feature adapter)
 SEMANTIC_STAGE_PARTS = ("backbone", "sem_seg_head", "depth_head", "point_head")
-INSTANCE_STAGE_PARTS = ("proposal_generator", "roi_heads")
+INSTANCE_STAGE_PARTS = ("instance_adapter", "proposal_generator", "roi_heads")
 
 
 def load_model_state(path: str) -> Dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from . import backbone  # registers the Xception backbones
 from . import point_head  # registers the PointNet++ point-cloud head
+from .instance_adapter import INSTANCE_ADAPTER_REGISTRY, ResidualConvAdapter  # registers adapters
 from .depth_head import DEPTH_HEAD_REGISTRY, DeepLabDepthHead, build_depth_head
 from .semantic_head import DeepLabV3PlusAnySizeHead  # registers the semantic head
 from .meta_arch import PanopticCurriculumModel  # registers the meta-architecture
@@ -10,6 +11,8 @@ __all__ = [
     "DEPTH_HEAD_REGISTRY",
     "DeepLabDepthHead",
     "DeepLabV3PlusAnySizeHead",
+    "INSTANCE_ADAPTER_REGISTRY",
+    "ResidualConvAdapter",
     "PanopticCurriculumModel",
     "build_depth_head",
 ]

@@ -22,6 +22,7 @@ from detectron2.utils.events import get_event_storage
 
 from ..geometry import backproject_pixels, check_intrinsics, resize_intrinsics
 from .depth_head import build_depth_head
+from .instance_adapter import build_instance_adapter
 from .point_head import build_point_head, consistency_loss, point_cross_entropy, sample_pixels
 from .postprocessing import fuse_panoptic, instance_depth_and_centroid
 
@@ -107,6 +108,7 @@ class PanopticCurriculumModel(nn.Module):
         proposal_generator: Optional[nn.Module],
         roi_heads: Optional[nn.Module],
         depth_head: Optional[nn.Module],
+        instance_adapter: Optional[nn.Module] = None,
         point_head: Optional[nn.Module],
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
@@ -130,6 +132,9 @@ class PanopticCurriculumModel(nn.Module):
             backbone: a detectron2 ``Backbone``.
             sem_seg_head: a DeepLabV3+ head exposing ``layers`` and ``losses``, or None.
             proposal_generator, roi_heads: Mask R-CNN parts, both or neither.
+            instance_adapter: optional module ``features -> features`` (same keys and
+                shapes) between the encoder and the Mask R-CNN parts, owned by the instance
+                decoder (see ``instance_adapter.py``).
             depth_head: module ``(features, output_size) -> [B,H,W]`` metres with ``losses``.
             point_head: module ``(xyz [B,N,3], valid [B,N], features) -> [B,N,C]`` logits;
                 needs the semantic and depth heads.
@@ -158,6 +163,9 @@ class PanopticCurriculumModel(nn.Module):
         self.sem_seg_head = sem_seg_head
         self.proposal_generator = proposal_generator
         self.roi_heads = roi_heads
+        if instance_adapter is not None and roi_heads is None:
+            raise ValueError("MODEL.INSTANCE_ADAPTER needs the instance decoder")
+        self.instance_adapter = instance_adapter
         self.depth_head = depth_head
         self.point_head = point_head
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
@@ -199,6 +207,7 @@ class PanopticCurriculumModel(nn.Module):
             "sem_seg_head": build_sem_seg_head(cfg, shapes) if pc.SEM_SEG_ON else None,
             "proposal_generator": build_proposal_generator(cfg, shapes) if instance_on else None,
             "roi_heads": build_roi_heads(cfg, shapes) if instance_on else None,
+            "instance_adapter": build_instance_adapter(cfg, shapes) if instance_on else None,
             "depth_head": build_depth_head(cfg, shapes) if depth_on else None,
             "point_head": (
                 build_point_head(cfg, shapes[feat_name].channels if use_img else 0)
@@ -262,6 +271,10 @@ class PanopticCurriculumModel(nn.Module):
                 [x["intrinsics"].to(self.device, torch.float32) for x in batched_inputs]
             )
         return None
+
+    def _instance_features(self, features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The encoder features as the instance decoder sees them (through its adapter)."""
+        return features if self.instance_adapter is None else self.instance_adapter(features)
 
     def _image_mask(self, images: ImageList) -> torch.Tensor:
         """``[B, H, W]`` True inside each image (not padding)."""
@@ -339,8 +352,9 @@ class PanopticCurriculumModel(nn.Module):
             )
         if self.proposal_generator is not None:
             gt = [x["instances"].to(self.device) for x in batched_inputs]
-            proposals, proposal_losses = self.proposal_generator(images, features, gt)
-            _, detector_losses = self.roi_heads(images, features, proposals, gt)
+            inst_features = self._instance_features(features)
+            proposals, proposal_losses = self.proposal_generator(images, inst_features, gt)
+            _, detector_losses = self.roi_heads(images, inst_features, proposals, gt)
             for k, v in {**proposal_losses, **detector_losses}.items():
                 losses[k] = v * self.instance_loss_weight
         depth = None
@@ -391,8 +405,9 @@ class PanopticCurriculumModel(nn.Module):
             )
         instances = None
         if self.proposal_generator is not None:
-            proposals, _ = self.proposal_generator(images, features, None)
-            instances, _ = self.roi_heads(images, features, proposals, None)
+            inst_features = self._instance_features(features)
+            proposals, _ = self.proposal_generator(images, inst_features, None)
+            instances, _ = self.roi_heads(images, inst_features, proposals, None)
         needs_k = self.point_head is not None and self.point_inference
         K = self._intrinsics(batched_inputs) if needs_k else None
         if needs_k:
