@@ -11,7 +11,7 @@ from detectron2.utils.events import EventStorage
 from panoptic_curriculum.engine import PanopticCurriculumTrainer, stage_config
 from panoptic_curriculum.engine.merge import merge_stage_checkpoints
 from panoptic_curriculum.modeling import ResidualConvAdapter
-from tests.model_utils import fake_sample, tiny_cfg
+from model_utils import fake_sample, tiny_cfg
 
 
 def _cfg(*overrides):

@@ -1,0 +1,325 @@
+"""Ablations under one wall-clock budget: the curriculum against joint training from scratch
+and against single-task models, over several seeds.
+
+The budget is the main job's: the config's curriculum (``CURRICULUM.STAGES`` with their
+``*_ITER``) timed stage by stage on this machine. Every other variant gets as many
+iterations as fit in the same number of seconds, from its own measured step time, so a
+variant whose step is cheaper (a single-task model, a frozen encoder) trains for longer.
+Step times are measured once per variant (``measure_step_time``: a few real optimizer steps
+on the variant's own data loader, after warm-up) and reused for every seed, so that all
+seeds of a variant train for the same number of iterations.
+
+Variants (``VARIANTS``):
+
+* ``curriculum``: the config's stages (semantic -> instance on the frozen encoder -> merge
+  [-> joint]);
+* ``curriculum_no_point``: the same without the point branch (no L_3D-seg, no L_consist);
+* ``joint_scratch``: the whole multi-task model trained jointly from random initialisation;
+* ``semantic_only``, ``instance_only``, ``depth_only``: one task, one model.
+
+Every run is evaluated on the config's test set. Results are resumable: a finished run is
+read back from its ``ablation_result.json``.
+"""
+
+import json
+import logging
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from detectron2.config import CfgNode
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.events import EventStorage
+
+from .checkpoint import atomic_write_text
+from .curriculum import run_curriculum, stage_config
+from .trainer import PanopticCurriculumTrainer
+
+__all__ = [
+    "VARIANTS",
+    "METRICS",
+    "Variant",
+    "measure_step_time",
+    "plan_budget",
+    "run_variant",
+    "results_table",
+]
+
+logger = logging.getLogger(__name__)
+
+_POINT_OFF = ["MODEL.POINT_HEAD.ENABLED", False]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One arm of the ablation.
+
+    Attributes:
+        curriculum: trained by ``run_curriculum`` (else one joint training run).
+        opts: config overrides ``[KEY, VALUE, ...]``.
+        tasks: the tasks the final model is evaluated on.
+    """
+
+    curriculum: bool
+    opts: List = field(default_factory=list)
+    tasks: Sequence[str] = ("sem_seg", "segm", "panoptic_seg", "depth")
+
+
+def _only(sem: bool, inst: bool, depth: bool) -> List:
+    return [
+        "MODEL.PANOPTIC_CURRICULUM.SEM_SEG_ON",
+        sem,
+        "MODEL.PANOPTIC_CURRICULUM.INSTANCE_ON",
+        inst,
+        "MODEL.PANOPTIC_CURRICULUM.DEPTH_ON",
+        depth,
+        *_POINT_OFF,
+    ]
+
+
+VARIANTS: Dict[str, Variant] = {
+    "curriculum": Variant(True),
+    "curriculum_no_point": Variant(True, _POINT_OFF),
+    "joint_scratch": Variant(False),
+    "semantic_only": Variant(False, _only(True, False, False), ("sem_seg",)),
+    "instance_only": Variant(False, _only(False, True, False), ("segm",)),
+    "depth_only": Variant(False, _only(False, False, True), ("depth",)),
+}
+
+#: (column, task, key) of the results table; per-class IoU columns are added for the
+#: classes named in ``results_table(per_class=...)``
+METRICS = [
+    ("mIoU", "sem_seg", "mIoU"),
+    ("mask AP", "segm", "AP"),
+    ("PQ", "panoptic_seg", "PQ"),
+    ("depth AbsRel", "depth", "AbsRel"),
+    ("depth d<1.25", "depth", "d1"),
+]
+
+_STAGE_ITER_KEYS = {
+    "semantic": "SEMANTIC_ITER",
+    "instance": "INSTANCE_ITER",
+    "joint": "JOINT_ITER",
+}
+
+
+def _training_stages(cfg: CfgNode) -> List[str]:
+    return [s for s in cfg.CURRICULUM.STAGES if s in _STAGE_ITER_KEYS]
+
+
+def measure_step_time(cfg: CfgNode, steps: int = 4, warmup: int = 2) -> float:
+    """Median seconds of one optimizer step of a model built from ``cfg`` (random weights),
+    fed by its own training loader (data loading included, as in training)."""
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"steps = {steps}, warmup = {warmup}: need steps >= 1, warmup >= 0")
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.WEIGHTS = ""
+    model = PanopticCurriculumTrainer.build_model(cfg)
+    model.train()
+    optimizer = PanopticCurriculumTrainer.build_optimizer(cfg, model)
+    loader = iter(PanopticCurriculumTrainer.build_train_loader(cfg))
+    times = []
+    with EventStorage(0) as storage:
+        for i in range(warmup + steps):
+            start = time.perf_counter()
+            losses = model(next(loader))
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+            storage.step()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def plan_budget(cfg: CfgNode, names: Sequence[str], step_times: Dict[str, float]) -> Dict:
+    """Iterations per variant for one wall-clock budget.
+
+    Args:
+        cfg: the curriculum config; its training stages and ``CURRICULUM.*_ITER`` define
+            the budget.
+        names: variants to plan.
+        step_times: seconds per step of ``"stage:<stage>"`` (the curriculum's stages) and of
+            each non-curriculum variant's name.
+
+    Returns:
+        ``{"seconds": budget, "iterations": {variant: int or {stage: int}}}``; curriculum
+        variants keep the config's stage iterations.
+    """
+    stages = _training_stages(cfg)
+    if not stages:
+        raise ValueError(f"CURRICULUM.STAGES = {list(cfg.CURRICULUM.STAGES)} trains nothing")
+    iters = {s: int(getattr(cfg.CURRICULUM, _STAGE_ITER_KEYS[s])) for s in stages}
+    seconds = sum(iters[s] * step_times[f"stage:{s}"] for s in stages)
+    plan = {}
+    for name in names:
+        if VARIANTS[name].curriculum:
+            plan[name] = dict(iters)
+        else:
+            plan[name] = max(1, int(round(seconds / step_times[name])))
+    return {"seconds": seconds, "iterations": plan}
+
+
+def variant_config(
+    cfg: CfgNode, name: str, seed: int, out_dir: str, iterations, extra_opts: Sequence = ()
+) -> CfgNode:
+    """The config one run trains with (curriculum: the root config of its stages)."""
+    variant = VARIANTS[name]
+    c = cfg.clone()
+    c.defrost()
+    c.merge_from_list(list(variant.opts) + list(extra_opts))
+    c.SEED = seed
+    c.OUTPUT_DIR = out_dir
+    if variant.curriculum:
+        for stage, n in iterations.items():
+            setattr(c.CURRICULUM, _STAGE_ITER_KEYS[stage], int(n))
+    else:
+        c.SOLVER.MAX_ITER = int(iterations)
+        c.SOLVER.WARMUP_ITERS = min(c.SOLVER.WARMUP_ITERS, c.SOLVER.MAX_ITER // 4)
+        c.SOLVER.CHECKPOINT_PERIOD = min(c.SOLVER.CHECKPOINT_PERIOD, c.SOLVER.MAX_ITER)
+        c.TEST.EVAL_PERIOD = c.SOLVER.MAX_ITER
+    c.freeze()
+    return c
+
+
+def step_time_configs(cfg: CfgNode, names: Sequence[str], extra_opts: Sequence = ()) -> Dict:
+    """The configs whose step times ``plan_budget`` needs, by key."""
+    out = {}
+    probe = os.path.join(cfg.OUTPUT_DIR or ".", "_step_time_probe")
+    for stage in _training_stages(cfg):  # the budget is the curriculum's, whatever runs
+        out[f"stage:{stage}"] = stage_config(cfg, stage, probe)
+    for name in names:
+        if not VARIANTS[name].curriculum:
+            out[name] = variant_config(cfg, name, cfg.SEED, probe, 1, extra_opts)
+    return out
+
+
+def run_variant(cfg: CfgNode, name: str, seed: int, out_dir: str, iterations) -> Dict:
+    """Final evaluation results of one variant and seed (the curriculum's last stage, or
+    the jointly trained model); resumable."""
+    record = os.path.join(out_dir, "ablation_result.json")
+    if os.path.isfile(record):
+        with open(record) as f:
+            return json.load(f)["final"]
+    c = variant_config(cfg, name, seed, out_dir, iterations)
+    start = time.perf_counter()
+    if VARIANTS[name].curriculum:
+        results = run_curriculum(c)
+        final = results[next(reversed(results))]
+    else:
+        seed_all_rng(seed)
+        trainer = PanopticCurriculumTrainer(c)
+        trainer.resume_or_load(resume=True)
+        trainer.train()
+        final = getattr(trainer, "_last_eval_results", None) or {}
+    os.makedirs(out_dir, exist_ok=True)
+    atomic_write_text(
+        record,
+        json.dumps(
+            {
+                "variant": name,
+                "seed": seed,
+                "iterations": iterations,
+                "seconds": time.perf_counter() - start,
+                "final": final,
+            },
+            indent=2,
+        ),
+    )
+    return final
+
+
+def _fmt(values: List[float], depth: bool) -> str:
+    if not values:
+        return "-"
+    mean = statistics.mean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.3f} ± {std:.3f}" if depth else f"{mean:.1f} ± {std:.1f}"
+
+
+def results_table(
+    results: Dict[str, Dict[int, Dict]], per_class: Sequence[str] = ()
+) -> str:
+    """Markdown table: one row per variant, mean ± std over seeds of each metric (and the
+    semantic IoU of each class in ``per_class``)."""
+    metrics = list(METRICS) + [(f"IoU {c}", "sem_seg", f"IoU-{c}") for c in per_class]
+    lines = [
+        "| variant | " + " | ".join(m for m, _, _ in metrics) + " |",
+        "|" + "---|" * (len(metrics) + 1),
+    ]
+    for name, per_seed in results.items():
+        cells = []
+        for _, task, key in metrics:
+            vals = [
+                float(r[task][key])
+                for r in per_seed.values()
+                if isinstance(r.get(task), dict) and key in r[task]
+            ]
+            cells.append(_fmt(vals, task == "depth"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_ablation(
+    cfg: CfgNode,
+    names: Sequence[str],
+    seeds: Sequence[int],
+    output: str,
+    per_class: Sequence[str] = (),
+    plan: Optional[Dict] = None,
+) -> Dict:
+    """Measure step times (unless ``plan`` is given or a plan was saved in ``output``),
+    plan one wall-clock budget, run every variant and seed, write
+    ``output/ablation.{md,json}``. Returns the json content."""
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown ablation variants {unknown}; variants are {list(VARIANTS)}")
+    if not seeds:
+        raise ValueError("--seeds: give at least one seed")
+    os.makedirs(output, exist_ok=True)
+    plan_path = os.path.join(output, "budget_plan.json")
+    if plan is None and os.path.isfile(plan_path):
+        with open(plan_path) as f:
+            plan = json.load(f)
+        missing = [n for n in names if n not in plan["iterations"]]
+        if missing:
+            raise ValueError(
+                f"{plan_path} has no budget for {missing}; use a new --output or delete it"
+            )
+    if plan is None:
+        probe_cfgs = step_time_configs(cfg, names)
+        step_times = {}
+        for key, c in probe_cfgs.items():
+            step_times[key] = measure_step_time(c)
+            logger.info("[ablation] %s: %.3f s per step", key, step_times[key])
+        plan = plan_budget(cfg, names, step_times)
+        plan["step_times"] = step_times
+        atomic_write_text(plan_path, json.dumps(plan, indent=2))
+    logger.info(
+        "[ablation] budget %.0f s per run; iterations %s", plan["seconds"], plan["iterations"]
+    )
+    results: Dict[str, Dict[int, Dict]] = {}
+    for name in names:
+        results[name] = {}
+        for seed in seeds:
+            out_dir = os.path.join(output, f"{name}_seed{seed}")
+            results[name][seed] = run_variant(
+                cfg, name, seed, out_dir, plan["iterations"][name]
+            )
+    budget = (
+        f"budget: {plan['seconds']:.0f} s of training per run on this machine (the "
+        f"curriculum's stages {plan['iterations'].get('curriculum', '')}; the other variants' "
+        f"iterations from their measured step times: "
+        + ", ".join(f"{n} {plan['iterations'][n]}" for n in names)
+        + f"), seeds {list(seeds)}; mean ± std over seeds"
+    )
+    table = results_table(results, per_class) + "\n\n" + budget + "\n"
+    atomic_write_text(os.path.join(output, "ablation.md"), table)
+    content = {"budget": budget, "plan": plan, "results": results}
+    atomic_write_text(os.path.join(output, "ablation.json"), json.dumps(content, indent=2))
+    return content

@@ -1,0 +1,85 @@
+"""The ablation engine: one wall-clock budget turned into iterations per variant, tables of
+mean ± std over seeds, resumable runs."""
+
+import json
+
+import pytest
+
+from panoptic_curriculum.engine.ablation import (
+    VARIANTS,
+    measure_step_time,
+    plan_budget,
+    results_table,
+    run_ablation,
+)
+
+from model_utils import tiny_cfg
+from test_curriculum import _cfg
+
+
+def test_plan_gives_every_variant_the_curriculums_seconds():
+    cfg = tiny_cfg()
+    cfg.CURRICULUM.STAGES = ["semantic", "instance", "merge", "joint"]
+    cfg.CURRICULUM.SEMANTIC_ITER, cfg.CURRICULUM.INSTANCE_ITER = 100, 50
+    cfg.CURRICULUM.JOINT_ITER = 20
+    times = {
+        "stage:semantic": 1.0,
+        "stage:instance": 0.5,
+        "stage:joint": 1.5,
+        "joint_scratch": 1.5,
+        "semantic_only": 0.4,
+    }
+    plan = plan_budget(cfg, ["curriculum", "joint_scratch", "semantic_only"], times)
+    assert plan["seconds"] == pytest.approx(100 * 1.0 + 50 * 0.5 + 20 * 1.5)
+    assert plan["iterations"]["curriculum"] == {"semantic": 100, "instance": 50, "joint": 20}
+    assert plan["iterations"]["joint_scratch"] == 103  # 155 s / 1.5 s
+    assert plan["iterations"]["semantic_only"] == 388  # 155 s / 0.4 s
+    cfg.CURRICULUM.STAGES = ["merge"]
+    with pytest.raises(ValueError, match="CURRICULUM.STAGES"):
+        plan_budget(cfg, ["joint_scratch"], times)
+
+
+def test_table_reports_mean_and_std_over_seeds():
+    results = {
+        "a": {
+            0: {"sem_seg": {"mIoU": 80.0, "IoU-ball": 50.0}, "depth": {"AbsRel": 0.1, "d1": 0.9}},
+            1: {"sem_seg": {"mIoU": 82.0, "IoU-ball": 54.0}, "depth": {"AbsRel": 0.2, "d1": 0.8}},
+        },
+        "b": {0: {"segm": {"AP": 40.0}}},
+    }
+    table = results_table(results, per_class=["ball"])
+    row_a = next(l for l in table.splitlines() if l.startswith("| a "))
+    assert "81.0 ± 1.4" in row_a and "52.0 ± 2.8" in row_a and "0.150 ± 0.071" in row_a
+    row_b = next(l for l in table.splitlines() if l.startswith("| b "))
+    assert "40.0 ± 0.0" in row_b and row_b.count("| - ") == 5  # the tasks it has no model for
+
+
+def test_single_task_variants_build_only_their_task():
+    on = lambda v: dict(zip(VARIANTS[v].opts[0::2], VARIANTS[v].opts[1::2]))  # noqa: E731
+    assert on("semantic_only")["MODEL.PANOPTIC_CURRICULUM.INSTANCE_ON"] is False
+    assert on("instance_only")["MODEL.PANOPTIC_CURRICULUM.SEM_SEG_ON"] is False
+    assert on("depth_only")["MODEL.PANOPTIC_CURRICULUM.DEPTH_ON"] is True
+    assert on("depth_only")["MODEL.POINT_HEAD.ENABLED"] is False
+
+
+def test_ablation_runs_measures_and_resumes(small_split, tmp_path):
+    cfg = _cfg(small_split, tmp_path / "root", "CURRICULUM.STAGES", ["semantic"])
+    cfg.CURRICULUM.SEMANTIC_ITER = 2
+    out = tmp_path / "abl"
+    content = run_ablation(cfg, ["semantic_only"], [0], str(out), per_class=["ball"])
+    plan = json.loads((out / "budget_plan.json").read_text())
+    assert plan["iterations"]["semantic_only"] >= 1 and plan["step_times"]["stage:semantic"] > 0
+    assert set(content["results"]["semantic_only"]) == {0}
+    assert "mIoU" in content["results"]["semantic_only"][0]["sem_seg"]
+    assert "| semantic_only |" in (out / "ablation.md").read_text()
+    # resumed: finished runs are read back, not retrained
+    record = out / "semantic_only_seed0" / "ablation_result.json"
+    data = json.loads(record.read_text())
+    data["final"]["sem_seg"]["mIoU"] = -1.0
+    record.write_text(json.dumps(data))
+    again = run_ablation(cfg, ["semantic_only"], [0], str(out))
+    assert again["results"]["semantic_only"][0]["sem_seg"]["mIoU"] == -1.0
+    with pytest.raises(ValueError, match="unknown ablation variants"):
+        run_ablation(cfg, ["nope"], [0], str(out))
+    with pytest.raises(ValueError, match="steps"):
+        measure_step_time(cfg, steps=0)
