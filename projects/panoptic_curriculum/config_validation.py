@@ -201,8 +201,9 @@ def _check_point_head(c: _Checker) -> None:
         if off:
             c.fail(
                 ph + "ENABLED",
-                f"only with {' and '.join(pc + k for k in off)} True (the point branch lifts "
-                "the predicted depth and compares with the semantic head)",
+                f"only with {' and '.join(pc + k for k in off)} True (MODEL.POINT_HEAD needs "
+                "the semantic head and the depth head: it lifts the predicted depth and "
+                "compares with the semantic head)",
             )
     c.int_at_least(ph + "NUM_POINTS", 1, "points sampled per image")
     levels = {
