@@ -11,7 +11,7 @@ from . import compat
 compat.apply()  # before any detectron2 import that needs it
 
 from . import geometry  # noqa: E402
-from .config import add_panoptic_curriculum_config, load_config  # noqa: E402
+from .config import add_panoptic_curriculum_config, load_config, validate_config  # noqa: E402
 from . import data  # noqa: E402  registers synthetic_scenes_* and cityscapes_fine_depth_*
 from . import modeling  # noqa: E402  registers the meta-architecture, backbones and heads
 from . import evaluation  # noqa: E402  DepthEvaluator
@@ -19,6 +19,7 @@ from . import evaluation  # noqa: E402  DepthEvaluator
 __all__ = [
     "add_panoptic_curriculum_config",
     "load_config",
+    "validate_config",
     "compat",
     "data",
     "evaluation",

@@ -7,7 +7,9 @@ fail loudly at ``merge_from_file``, as in detectron2.
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_panoptic_curriculum_config", "load_config"]
+from .config_validation import validate_config
+
+__all__ = ["add_panoptic_curriculum_config", "load_config", "validate_config"]
 
 
 def add_panoptic_curriculum_config(cfg: CN) -> None:
@@ -156,6 +158,7 @@ def load_config(config_file: str, opts=(), freeze: bool = True) -> CN:
     add_panoptic_curriculum_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts or []))
+    validate_config(cfg, config_file)
     if freeze:
         cfg.freeze()
     return cfg

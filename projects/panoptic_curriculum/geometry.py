@@ -26,6 +26,7 @@ __all__ = [
     "backproject_pixels",
     "project",
     "check_intrinsics",
+    "MIN_FOCAL_PX",
     "resize_intrinsics",
     "crop_intrinsics",
     "hflip_intrinsics",
@@ -48,9 +49,22 @@ def pixel_grid(
     return u, v
 
 
-def check_intrinsics(K: torch.Tensor, name: str = "K") -> None:
+#: smallest focal length (pixels) accepted for a pixel-unit K. With ``fx < 1`` the pixel
+#: next to the principal point would already lie more than 45 degrees off the optical axis;
+#: such values are normalised intrinsics (fractions of the image size) or focal lengths in
+#: metres or millimetres, not pixels.
+MIN_FOCAL_PX = 1.0
+
+#: appended to errors about too small focal lengths
+FOCAL_UNIT_HINT = (
+    " (K is in pixels: multiply normalised intrinsics by the image width and height, and "
+    "convert focal lengths in metres or millimetres with the pixel pitch)"
+)
+
+
+def check_intrinsics(K: torch.Tensor, name: str = "K", min_focal: float = MIN_FOCAL_PX) -> None:
     """Raise ``ValueError`` unless ``K`` is a (batch of) finite 3x3 pinhole matrices with
-    positive focal lengths and last row ``[0, 0, 1]``.
+    focal lengths ``fx, fy >= min_focal`` pixels and last row ``[0, 0, 1]``.
 
     Meant for data loading and API boundaries, not for hot loops (it synchronises with the
     device).
@@ -59,8 +73,11 @@ def check_intrinsics(K: torch.Tensor, name: str = "K") -> None:
         raise ValueError(f"{name} must have shape [..., 3, 3], got {tuple(K.shape)}")
     if not bool(torch.isfinite(K).all()):
         raise ValueError(f"{name} has non-finite entries: {K.tolist()}")
-    if not bool(((K[..., 0, 0] > 0) & (K[..., 1, 1] > 0)).all()):
-        raise ValueError(f"{name} must have positive focal lengths fx, fy; got {K.tolist()}")
+    if not bool(((K[..., 0, 0] >= min_focal) & (K[..., 1, 1] >= min_focal)).all()):
+        raise ValueError(
+            f"{name} must have focal lengths fx, fy >= {min_focal} pixels; got {K.tolist()}"
+            + FOCAL_UNIT_HINT
+        )
     last = K.new_tensor([0.0, 0.0, 1.0])
     if not bool(torch.allclose(K[..., 2, :], last.expand_as(K[..., 2, :]))):
         raise ValueError(f"{name} must have last row [0, 0, 1]; got {K.tolist()}")

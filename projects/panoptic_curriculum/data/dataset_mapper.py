@@ -3,6 +3,7 @@ and camera intrinsics, augmented together."""
 
 import copy
 import logging
+import numbers
 from typing import List, Optional, Union
 
 import numpy as np
@@ -15,7 +16,7 @@ from detectron2.data import transforms as T
 from .depth_io import read_depth, read_image, read_intrinsics
 from .transforms import transform_depth, transform_intrinsics
 
-__all__ = ["RGBDDatasetMapper", "build_rgbd_augmentation"]
+__all__ = ["RGBDDatasetMapper", "build_rgbd_augmentation", "check_label_range"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,33 @@ def build_rgbd_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
             crop = T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE)
         augs.insert(0, crop)
     return augs
+
+
+def check_label_range(labels: np.ndarray, num_classes: int, ignore_value: int, source: str) -> None:
+    """Raise ``ValueError`` naming ``source`` unless every value of ``labels`` is a class id
+    in ``[0, num_classes)`` or ``ignore_value``.
+
+    Args:
+        labels: ``[H, W]`` integer label map (any integer dtype).
+        num_classes: ``MODEL.SEM_SEG_HEAD.NUM_CLASSES``.
+        ignore_value: ``MODEL.SEM_SEG_HEAD.IGNORE_VALUE``.
+        source: the label file, for the message.
+
+    Costs a few vectorised passes over the map (no per-pixel Python work); the offending
+    values are only collected when there are some.
+    """
+    bad = (labels >= num_classes) & (labels != ignore_value)
+    if np.issubdtype(labels.dtype, np.signedinteger):
+        bad |= (labels < 0) & (labels != ignore_value)
+    if not bad.any():
+        return
+    values = np.unique(labels[bad])
+    shown = ", ".join(str(int(v)) for v in values[:10]) + (", ..." if len(values) > 10 else "")
+    raise ValueError(
+        f"label file {source} holds values [{shown}] ({int(bad.sum())} pixels); allowed: class "
+        f"ids in [0, {num_classes}) (MODEL.SEM_SEG_HEAD.NUM_CLASSES = {num_classes}) or the "
+        f"ignore value MODEL.SEM_SEG_HEAD.IGNORE_VALUE = {ignore_value}"
+    )
 
 
 class RGBDDatasetMapper:
@@ -70,6 +98,9 @@ class RGBDDatasetMapper:
         missing_depth: str = "error",
         instance_mask_format: str = "bitmask",
         recompute_boxes: bool = False,
+        num_classes: Optional[int] = None,
+        ignore_label: int = 255,
+        num_thing_classes: Optional[int] = None,
     ):
         """
         Args:
@@ -82,6 +113,12 @@ class RGBDDatasetMapper:
                 "skip" returns it without them.
             instance_mask_format: "bitmask" or "polygon".
             recompute_boxes: recompute ``gt_boxes`` from the masks (after cropping).
+            num_classes: when given, every semantic label must be a class id in
+                ``[0, num_classes)`` or ``ignore_label``; other values raise naming the
+                label file (None: not checked).
+            ignore_label: the label value of unlabelled pixels.
+            num_thing_classes: when given, every instance's ``category_id`` must lie in
+                ``[0, num_thing_classes)`` (None: not checked).
         """
         if missing_depth not in ("error", "skip"):
             raise ValueError(
@@ -96,6 +133,9 @@ class RGBDDatasetMapper:
         self.missing_depth = missing_depth
         self.instance_mask_format = instance_mask_format
         self.recompute_boxes = recompute_boxes
+        self.num_classes = num_classes
+        self.ignore_label = ignore_label
+        self.num_thing_classes = num_thing_classes
         mode = "training" if is_train else "inference"
         logger.info(f"[RGBDDatasetMapper] Augmentations used in {mode}: {augmentations}")
 
@@ -111,6 +151,17 @@ class RGBDDatasetMapper:
             "missing_depth": cfg.INPUT.DEPTH.MISSING,
             "instance_mask_format": cfg.INPUT.MASK_FORMAT,
             "recompute_boxes": is_train and cfg.INPUT.CROP.ENABLED,
+            "num_classes": (
+                cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+                if cfg.MODEL.PANOPTIC_CURRICULUM.SEM_SEG_ON
+                else None
+            ),
+            "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "num_thing_classes": (
+                cfg.MODEL.ROI_HEADS.NUM_CLASSES
+                if cfg.MODEL.PANOPTIC_CURRICULUM.INSTANCE_ON
+                else None
+            ),
         }
 
     def _read_depth_and_k(self, d: dict):
@@ -126,6 +177,22 @@ class RGBDDatasetMapper:
         K = read_intrinsics(d) if "intrinsics" in d else None
         return depth, K
 
+    def _check_categories(self, d: dict) -> None:
+        """Raise naming the image unless every (non-crowd) annotation's ``category_id`` is a
+        thing class id of the model."""
+        if self.num_thing_classes is None:
+            return
+        n = self.num_thing_classes
+        ids = {a.get("category_id") for a in d["annotations"] if a.get("iscrowd", 0) == 0}
+        bad = sorted(
+            (c for c in ids if not (isinstance(c, numbers.Integral) and 0 <= c < n)), key=repr
+        )
+        if bad:
+            raise ValueError(
+                f"annotations of {d.get('file_name')} have category_id {bad}; allowed: "
+                f"contiguous thing class ids in [0, {n}) (MODEL.ROI_HEADS.NUM_CLASSES = {n})"
+            )
+
     def __call__(self, dataset_dict: dict) -> dict:
         d = copy.deepcopy(dataset_dict)
         image = read_image(d["file_name"], format=self.image_format)
@@ -137,6 +204,10 @@ class RGBDDatasetMapper:
                 raise ValueError(
                     f"{d['sem_seg_file_name']} is {sem_seg.shape[1]}x{sem_seg.shape[0]} but "
                     f"{d['file_name']} is {image.shape[1]}x{image.shape[0]}"
+                )
+            if self.num_classes is not None:
+                check_label_range(
+                    sem_seg, self.num_classes, self.ignore_label, d["sem_seg_file_name"]
                 )
         depth, K = self._read_depth_and_k(d) if self.use_depth else (None, None)
 
@@ -160,6 +231,7 @@ class RGBDDatasetMapper:
             d.pop("annotations", None)
             return d
         if "annotations" in d:
+            self._check_categories(d)
             annos = [
                 utils.transform_instance_annotations(obj, transforms, image_shape)
                 for obj in d.pop("annotations")

@@ -11,6 +11,7 @@ A dataset dict of this plugin carries, besides detectron2's standard fields:
 :func:`read_depth` returns float32 metres with 0 for invalid pixels, whatever the format.
 """
 
+import json
 import os
 from typing import Callable, Dict
 
@@ -20,11 +21,15 @@ from PIL import UnidentifiedImageError
 
 from detectron2.data import detection_utils as utils
 
+from ..geometry import FOCAL_UNIT_HINT, MIN_FOCAL_PX
+
 __all__ = [
     "DEPTH_DECODERS",
     "register_depth_format",
     "read_depth",
     "read_intrinsics",
+    "as_intrinsics",
+    "read_json",
     "read_image",
     "encode_depth_png_mm",
     "decode_cityscapes_disparity",
@@ -159,16 +164,56 @@ def read_intrinsics(dataset_dict: dict) -> np.ndarray:
     name = dataset_dict.get("file_name", "<unknown image>")
     if "intrinsics" not in dataset_dict:
         raise KeyError(f"dataset dict of {name} has no 'intrinsics' (3x3 camera matrix)")
-    K = np.asarray(dataset_dict["intrinsics"], dtype=np.float64)
+    return as_intrinsics(dataset_dict["intrinsics"], f"intrinsics of {name}")
+
+
+def as_intrinsics(value, what: str) -> np.ndarray:
+    """``value`` as a validated ``(3, 3)`` float64 pixel-unit K.
+
+    Args:
+        value: nested lists or an array.
+        what: how errors name it, e.g. ``"intrinsics of <image>"`` or ``"'K' of <file>"``.
+
+    Raises:
+        ValueError: starting with ``what``, for a non-numeric value, a shape other than 3x3,
+            non-finite entries, a focal length below ``MIN_FOCAL_PX`` pixels, or a last row
+            other than ``[0, 0, 1]``.
+    """
+    try:
+        K = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a 3x3 matrix of numbers, got {value!r}") from None
     if K.shape != (3, 3):
-        raise ValueError(f"intrinsics of {name} must be 3x3, got shape {K.shape}")
+        raise ValueError(f"{what} must be 3x3, got shape {K.shape}")
     if not np.isfinite(K).all():
-        raise ValueError(f"intrinsics of {name} contain non-finite values: {K.tolist()}")
-    if K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise ValueError(f"intrinsics of {name} need positive focal lengths, got {K.tolist()}")
+        raise ValueError(f"{what} must be finite, got {K.tolist()}")
+    if K[0, 0] < MIN_FOCAL_PX or K[1, 1] < MIN_FOCAL_PX:
+        raise ValueError(
+            f"{what} must have focal lengths fx, fy >= {MIN_FOCAL_PX} pixel; got fx={K[0, 0]}, "
+            f"fy={K[1, 1]} in {K.tolist()}" + FOCAL_UNIT_HINT
+        )
     if not np.allclose(K[2], [0.0, 0.0, 1.0]):
-        raise ValueError(f"intrinsics of {name} must have last row [0, 0, 1], got {K.tolist()}")
+        raise ValueError(f"{what} must have last row [0, 0, 1], got {K.tolist()}")
     return K
+
+
+def read_json(path: str, what: str):
+    """The parsed content of the JSON file ``path``.
+
+    Args:
+        what: what the file is, for error messages (e.g. ``"camera file"``).
+
+    Raises:
+        FileNotFoundError, ValueError: naming ``what`` and ``path``, for a missing file, or
+            one that is not valid UTF-8 JSON.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot parse {what} {path} as JSON: {e}") from e
 
 
 def read_image(file_name: str, format: str = "BGR") -> np.ndarray:

@@ -31,6 +31,7 @@ from detectron2.modeling import build_model
 from detectron2.projects.deeplab import build_lr_scheduler as build_deeplab_lr_scheduler
 from detectron2.utils import comm
 
+from ..config_validation import validate_config
 from ..data.dataset_mapper import RGBDDatasetMapper
 from ..evaluation import DepthEvaluator
 from .checkpoint import AtomicCheckpointer
@@ -97,6 +98,7 @@ class PanopticCurriculumTrainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
+        validate_config(cfg, training=True)  # also configs built by hand
         super().__init__(cfg)
         self._trainer._data_loader_iter = RNGNeutralIterator(self._trainer._data_loader_iter)
 

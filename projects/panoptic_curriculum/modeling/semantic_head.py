@@ -19,7 +19,24 @@ class DeepLabV3PlusAnySizeHead(DeepLabV3PlusHead):
     Besides the parent's ``forward``, the multi-task model uses ``layers(features)`` (logits
     ``[B, C, H/common_stride, W/common_stride]``) and ``losses(logits, targets)`` directly,
     so that one set of logits serves the 2D loss and the 2D-3D consistency loss.
+
+    A batch whose pixels are all ``ignore_value`` gives ``loss_sem_seg`` = 0, still
+    connected to the graph (zero gradients), where the parent's mean cross-entropy would be
+    0 / 0 = NaN.
     """
+
+    def losses(self, predictions, targets):
+        """
+        Args:
+            predictions: ``[B, C, H/common_stride, W/common_stride]`` logits.
+            targets: ``[B, H, W]`` long class ids or ``ignore_value``.
+
+        Returns:
+            ``{"loss_sem_seg": scalar}``, weighted by the head's ``loss_weight``.
+        """
+        if not bool((targets != self.ignore_value).any()):  # one device sync per step
+            return {"loss_sem_seg": predictions.sum() * 0.0}
+        return super().losses(predictions, targets)
 
     @classmethod
     def from_config(cls, cfg, input_shape):

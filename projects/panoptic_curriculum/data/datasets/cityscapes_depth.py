@@ -41,6 +41,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import CITYSCAPES_CATEGORIES, _get_builtin_metadata
 from detectron2.data.datasets.cityscapes import load_cityscapes_instances, load_cityscapes_semantic
 
+from ...geometry import FOCAL_UNIT_HINT, MIN_FOCAL_PX
+
 __all__ = [
     "CITYSCAPES_DEPTH_SPLITS",
     "load_cityscapes_depth",
@@ -81,14 +83,15 @@ def read_cityscapes_camera(camera_file: str) -> Tuple[List[List[float]], float]:
     Raises:
         FileNotFoundError: the file does not exist.
         ValueError: naming the file, for invalid JSON, a missing key, a non-numeric or
-            non-finite value, a non-positive focal length or a non-positive baseline.
+            non-finite value, a focal length below ``MIN_FOCAL_PX`` (1 pixel) or a
+            non-positive baseline.
     """
     if not os.path.isfile(camera_file):
         raise FileNotFoundError(f"Cityscapes camera file not found: {camera_file}")
     try:
         with open(camera_file, "r") as f:
             cam = json.load(f)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"cannot parse Cityscapes camera file {camera_file}: {e}") from e
 
     def number(section: str, key: str) -> float:
@@ -114,10 +117,10 @@ def read_cityscapes_camera(camera_file: str) -> Tuple[List[List[float]], float]:
     fx, fy = number("intrinsic", "fx"), number("intrinsic", "fy")
     u0, v0 = number("intrinsic", "u0"), number("intrinsic", "v0")
     baseline = number("extrinsic", "baseline")
-    if fx <= 0 or fy <= 0:
+    if fx < MIN_FOCAL_PX or fy < MIN_FOCAL_PX:
         raise ValueError(
-            f"Cityscapes camera file {camera_file} needs positive focal lengths (pixels), "
-            f"got fx={fx}, fy={fy}"
+            f"Cityscapes camera file {camera_file} needs focal lengths 'intrinsic.fx', "
+            f"'intrinsic.fy' >= {MIN_FOCAL_PX} pixel, got fx={fx}, fy={fy}" + FOCAL_UNIT_HINT
         )
     if baseline <= 0:
         raise ValueError(
@@ -181,8 +184,8 @@ def load_cityscapes_depth(
     Raises:
         FileNotFoundError: naming the path, for a missing image folder, an image folder
             without images, or a missing disparity, camera or ``labelTrainIds`` file.
-        ValueError: naming the camera file, for a malformed camera JSON, a non-positive focal
-            length or a non-positive baseline.
+        ValueError: naming the camera file, for a malformed camera JSON, a focal length
+            below 1 pixel or a non-positive baseline.
         ImportError: ``shapely`` (needed by detectron2's polygon loader) is not installed.
 
     Files are checked for existence only; disparity maps are decoded later, by

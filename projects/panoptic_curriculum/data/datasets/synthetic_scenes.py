@@ -34,7 +34,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 
-from ..depth_io import encode_depth_png_mm
+from ..depth_io import DEPTH_DECODERS, as_intrinsics, encode_depth_png_mm, read_json
 from ..synthetic.generator import CATEGORIES, IGNORE_LABEL, render_scene, sample_scene
 
 __all__ = [
@@ -265,36 +265,79 @@ def load_synthetic_scenes(split_dir: str, params: Dict, dataset_name: str = None
     ``depth_file_name``, ``depth_format`` and ``intrinsics`` (3x3, pixels).
     """
     ensure_generated(split_dir, params)
-    dicts = load_coco_json(
-        os.path.join(split_dir, "instances.json"), os.path.join(split_dir, "image"), dataset_name
-    )
+    instances_file = os.path.join(split_dir, "instances.json")
+    try:  # detectron2's loader; its errors (JSONDecodeError is a ValueError) get the file name
+        dicts = load_coco_json(instances_file, os.path.join(split_dir, "image"), dataset_name)
+    except (KeyError, ValueError, TypeError, AssertionError) as e:
+        raise ValueError(
+            f"invalid COCO instances file {instances_file}: {type(e).__name__}: {e}"
+        ) from e
     meta = get_synthetic_scenes_metadata()
     stuff_map = meta["stuff_dataset_id_to_contiguous_id"]
     thing_ids = set(meta["thing_dataset_id_to_contiguous_id"])
-    with open(os.path.join(split_dir, "panoptic.json")) as f:
-        panoptic = {a["image_id"]: a for a in json.load(f)["annotations"]}
+    panoptic_file = os.path.join(split_dir, "panoptic.json")
+    panoptic = _panoptic_by_image(panoptic_file)
     for d in dicts:
         stem = os.path.splitext(os.path.basename(d["file_name"]))[0]
-        pan = panoptic[d["image_id"]]
+        pan = panoptic.get(d["image_id"])
+        if pan is None:
+            raise ValueError(
+                f"panoptic file {panoptic_file} has no annotation for image_id "
+                f"{d['image_id']} ({d['file_name']}, listed in {instances_file})"
+            )
         d["sem_seg_file_name"] = os.path.join(split_dir, "sem_seg", stem + ".png")
         d["pan_seg_file_name"] = os.path.join(split_dir, "panoptic", pan["file_name"])
-        d["segments_info"] = [
-            {
-                **s,
-                "category_id": stuff_map[s["category_id"]],
-                "isthing": s["category_id"] in thing_ids,
-            }
-            for s in pan["segments_info"]
-        ]
+        segments = []
+        for s in pan["segments_info"]:
+            if s.get("category_id") not in stuff_map:
+                raise ValueError(
+                    f"panoptic file {panoptic_file}: a segment of image_id {d['image_id']} has "
+                    f"category_id {s.get('category_id')!r}; allowed: {sorted(stuff_map)}"
+                )
+            cat = s["category_id"]
+            segments.append({**s, "category_id": stuff_map[cat], "isthing": cat in thing_ids})
+        d["segments_info"] = segments
         camera_file = os.path.join(split_dir, "camera", stem + ".json")
-        with open(camera_file) as f:
-            camera = json.load(f)
+        camera = read_json(camera_file, "camera file")
+        missing = [
+            k for k in ("K", "depth_format") if not isinstance(camera, dict) or k not in camera
+        ]
+        if missing:
+            raise ValueError(
+                f"camera file {camera_file} lacks {missing}; it needs 'K' (3x3 pixel-unit "
+                f"camera matrix) and 'depth_format' (one of {sorted(DEPTH_DECODERS)})"
+            )
+        if camera["depth_format"] not in DEPTH_DECODERS:
+            raise ValueError(
+                f"camera file {camera_file}: 'depth_format' = {camera['depth_format']!r}; "
+                f"allowed: {sorted(DEPTH_DECODERS)}"
+            )
+        as_intrinsics(camera["K"], f"'K' of camera file {camera_file}")  # raises if invalid
         d["intrinsics"] = camera["K"]
         d["depth_file_name"] = os.path.join(split_dir, "depth", stem + ".png")
         d["depth_format"] = camera["depth_format"]
         for a in d["annotations"]:
             assert a["bbox_mode"] == BoxMode.XYWH_ABS
     return dicts
+
+
+def _panoptic_by_image(panoptic_file: str) -> Dict[int, Dict]:
+    """``image_id -> annotation`` of a COCO panoptic JSON, with errors naming the file."""
+    content = read_json(panoptic_file, "COCO panoptic file")
+    annotations = content.get("annotations") if isinstance(content, dict) else None
+    if not isinstance(annotations, list):
+        raise ValueError(f"COCO panoptic file {panoptic_file} has no 'annotations' list")
+    by_image = {}
+    for i, a in enumerate(annotations):
+        missing = [
+            k
+            for k in ("image_id", "file_name", "segments_info")
+            if not isinstance(a, dict) or k not in a
+        ]
+        if missing:
+            raise ValueError(f"COCO panoptic file {panoptic_file}: annotation {i} lacks {missing}")
+        by_image[a["image_id"]] = a
+    return by_image
 
 
 def register_synthetic_scenes(
