@@ -2,7 +2,8 @@
 
 ``add_panoptic_curriculum_config(cfg)`` adds every key this plugin reads, each with its
 default and unit. Keys a YAML file sets that are not defined here (or in detectron2) still
-fail loudly at ``merge_from_file``, as in detectron2.
+fail loudly, as in detectron2. ``load_config`` parses YAML files (and their ``_BASE_`` chain)
+with a safe loader only: a Python tag is an error naming the file.
 """
 
 from detectron2.config import CfgNode as CN
@@ -151,12 +152,16 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
 
 def load_config(config_file: str, opts=(), freeze: bool = True) -> CN:
     """detectron2's defaults + this plugin's keys, merged with ``config_file`` (``_BASE_``
-    inheritance) and the ``KEY VALUE`` list ``opts``; unknown keys raise ``KeyError``."""
+    inheritance; every file read with ``yaml.safe_load``, a Python tag raises
+    :class:`~panoptic_curriculum.utils.safe_load.UntrustedContentError`) and the ``KEY VALUE``
+    list ``opts``; unknown keys raise ``KeyError``."""
     from detectron2.config import get_cfg
+
+    from .utils.safe_load import merge_config_file
 
     cfg = get_cfg()
     add_panoptic_curriculum_config(cfg)
-    cfg.merge_from_file(config_file)
+    merge_config_file(cfg, config_file)
     cfg.merge_from_list(list(opts or []))
     validate_config(cfg, config_file)
     if freeze:

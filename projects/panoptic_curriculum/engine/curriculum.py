@@ -30,6 +30,7 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage, JSONWriter, TensorboardXWriter
 
+from ..utils.atomic_io import remove_stale_temp_files
 from .checkpoint import AtomicCheckpointer, atomic_write_text
 from .merge import merge_stage_checkpoints
 from .trainer import PanopticCurriculumTrainer
@@ -123,7 +124,9 @@ def _run_stage(cfg: CfgNode, stage: str, root: str, trainer_cls) -> Dict:
             )
         comm.synchronize()
         model = trainer_cls.build_model(c)
-        AtomicCheckpointer(model, c.OUTPUT_DIR).load(c.MODEL.WEIGHTS, checkpointables=[])
+        AtomicCheckpointer(model, c.OUTPUT_DIR, strict=True).load(
+            c.MODEL.WEIGHTS, checkpointables=[]
+        )
         results = trainer_cls.test(c, model)
         if comm.is_main_process():
             _write_results_events(c, results)
@@ -154,6 +157,9 @@ def run_curriculum(
         raise ValueError(f"unknown curriculum stages {unknown}; stages are {STAGES}")
     stages = [s for s in STAGES if s in stages]  # canonical order
     root = cfg.OUTPUT_DIR
+    if comm.is_main_process():  # temporary files of a run killed while writing
+        for folder in [root] + [os.path.join(root, s) for s in STAGES]:
+            remove_stale_temp_files(folder)
     all_results: "OrderedDict[str, Dict]" = OrderedDict()
     for i, stage in enumerate(stages, start=1):
         stage_dir = os.path.join(root, stage)

@@ -8,7 +8,8 @@ from typing import Dict
 
 import torch
 
-from .checkpoint import atomic_torch_save
+from ..utils.atomic_io import atomic_torch_save
+from ..utils.safe_load import load_torch_weights
 
 __all__ = [
     "SEMANTIC_STAGE_PARTS",
@@ -26,10 +27,12 @@ INSTANCE_STAGE_PARTS = ("instance_adapter", "proposal_generator", "roi_heads")
 
 
 def load_model_state(path: str) -> Dict[str, torch.Tensor]:
-    """The ``"model"`` state dict of a detectron2 checkpoint (or a bare state dict)."""
+    """The ``"model"`` state dict of a detectron2 checkpoint (or a bare state dict), read with
+    ``torch.load(weights_only=True)``: a file holding anything else raises
+    :class:`~panoptic_curriculum.utils.safe_load.UntrustedContentError` naming it."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    data = load_torch_weights(path)
     state = data.get("model", data) if isinstance(data, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a model state dict")

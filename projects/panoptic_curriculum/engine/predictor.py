@@ -112,10 +112,14 @@ class RGBDPredictor:
     camera intrinsics passed along.
 
     It builds the model from ``cfg``, puts it in eval mode, loads ``cfg.MODEL.WEIGHTS`` with
-    ``DetectionCheckpointer``, resizes each image with ``ResizeShortestEdge(MIN_SIZE_TEST,
-    MAX_SIZE_TEST)`` and gives the model ``"image"`` (resized, ``cfg.INPUT.FORMAT`` channel
-    order), ``"height"``/``"width"`` (the original size, so that outputs come back at it) and,
-    when ``K`` is given, ``"intrinsics"``: ``K`` updated for the resize.
+    the plugin's strict checkpointer (files read without running code from them; weights that
+    do not fit the model raise
+    :class:`~panoptic_curriculum.engine.checkpoint.IncompatibleWeightsError` with a summary;
+    empty weights give a random model, with a warning), resizes each image with
+    ``ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)`` and gives the model ``"image"``
+    (resized, ``cfg.INPUT.FORMAT`` channel order), ``"height"``/``"width"`` (the original size,
+    so that outputs come back at it) and, when ``K`` is given, ``"intrinsics"``: ``K`` updated
+    for the resize.
 
     Example::
 
@@ -135,7 +139,7 @@ class RGBDPredictor:
         else:
             self.metadata = MetadataCatalog.get("__unused")
         if cfg.MODEL.WEIGHTS:
-            AtomicCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+            AtomicCheckpointer(self.model, strict=True).load(cfg.MODEL.WEIGHTS)
         else:
             logger.warning("MODEL.WEIGHTS is empty: the predictor uses random weights")
         self.aug = T.ResizeShortestEdge(

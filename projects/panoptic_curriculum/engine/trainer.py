@@ -186,9 +186,10 @@ class PanopticCurriculumTrainer(DefaultTrainer):
         return DatasetEvaluators(evaluators)
 
     def build_hooks(self):
-        # the checkpointer the default hooks use: atomic writes, RNG state included
+        # the checkpointer the default hooks use: atomic writes, RNG state included; start
+        # weights may be a partial initialisation (summary logged), a resume must fit exactly
         self.checkpointer = AtomicCheckpointer(
-            self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+            self._trainer.model, self.cfg.OUTPUT_DIR, strict=False, trainer=weakref.proxy(self)
         )
         ret = super().build_hooks()
         ret.insert(0, RNGStateHook())

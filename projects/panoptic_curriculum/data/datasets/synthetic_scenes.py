@@ -14,8 +14,10 @@ Layout under ``<root>/synthetic_scenes/<split>/`` (root: ``$DETECTRON2_DATASETS`
     spec.json               generation parameters; written last, marks the split complete
 
 Generation is deterministic from the split's seed (image ``i`` uses seed ``(seed, i)``),
-written into a temporary folder and moved into place when complete, under a file lock so
-that several processes (multi-GPU training) generate it once.
+written into a temporary folder (``<split>.partial-<pid>``) and moved into place when complete,
+under a file lock so that several processes (multi-GPU training) generate it once. A failed
+generation removes its temporary folder (a full disk is reported as such, with the split's
+path); the folders of generations that were killed are removed by the next call.
 """
 
 import json
@@ -34,6 +36,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 
+from ...utils.atomic_io import disk_full_error, remove_abandoned_folders
 from ..depth_io import DEPTH_DECODERS, as_intrinsics, encode_depth_png_mm, read_json
 from ..synthetic.generator import CATEGORIES, IGNORE_LABEL, render_scene, sample_scene
 
@@ -85,8 +88,13 @@ def get_synthetic_scenes_metadata() -> Dict:
 
 
 def _write_png(path: str, array: np.ndarray) -> None:
-    if not cv2.imwrite(path, array):
-        raise OSError(f"could not write {path}")
+    # encoded here and written by Python, so that a full disk raises OSError(ENOSPC) (cv2's
+    # imwrite only returns False)
+    ok, data = cv2.imencode(".png", array)
+    if not ok:
+        raise ValueError(f"could not encode {path} as PNG (array {array.shape}, {array.dtype})")
+    with open(path, "wb") as f:
+        f.write(data.tobytes())
 
 
 def _rle(mask: np.ndarray) -> Dict:
@@ -235,20 +243,29 @@ def ensure_generated(split_dir: str, params: Dict) -> None:
         with open(spec_file) as f:
             return json.load(f) == spec
 
+    parent, name = os.path.split(os.path.normpath(split_dir))
+    remove_abandoned_folders(parent, name)  # generations that were killed
     if complete():
         return
-    os.makedirs(os.path.dirname(split_dir), exist_ok=True)
+    os.makedirs(parent, exist_ok=True)
     with FileLock(split_dir + ".lock"):
         if complete():
             return
         tmp = f"{split_dir}.partial-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         logger.info("Generating %d synthetic scenes into %s ...", spec["num_images"], split_dir)
-        rate = generate_synthetic_scenes(
-            tmp, spec["num_images"], spec["seed"], spec["height"], spec["width"]
-        )
-        with open(os.path.join(tmp, "spec.json"), "w") as f:
-            json.dump(spec, f)
+        try:
+            rate = generate_synthetic_scenes(
+                tmp, spec["num_images"], spec["seed"], spec["height"], spec["width"]
+            )
+            with open(os.path.join(tmp, "spec.json"), "w") as f:
+                json.dump(spec, f)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            full = disk_full_error(e, split_dir)
+            if full is not None:
+                raise full from e
+            raise
         if os.path.exists(split_dir):
             logger.info("Replacing %s (generated with another spec)", split_dir)
             shutil.rmtree(split_dir)
