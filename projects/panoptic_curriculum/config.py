@@ -127,6 +127,13 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     cfg.CURRICULUM.SEMANTIC_ITER = 2000
     cfg.CURRICULUM.INSTANCE_ITER = 2000
     cfg.CURRICULUM.JOINT_ITER = 1000
+    # Training datasets of the semantic stage; empty: DATASETS.TRAIN. E.g. a dataset with
+    # semantic labels and depth but no instance annotations.
+    cfg.CURRICULUM.SEMANTIC_DATASETS = ()
+    # Training datasets of the instance stage; empty: DATASETS.TRAIN. E.g. a COCO-format
+    # instance dataset without semantic labels or depth. (The joint stage needs every label
+    # and trains on DATASETS.TRAIN.)
+    cfg.CURRICULUM.INSTANCE_DATASETS = ()
     # Base learning rate of the joint fine-tuning stage, as a factor of SOLVER.BASE_LR.
     cfg.CURRICULUM.JOINT_LR_FACTOR = 0.1
     # Write the point cloud of one training sample every N iterations (0: never).
