@@ -23,6 +23,12 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
 
     add_xception_config(cfg)  # MODEL.XCEPTION
 
+    # ---------------------------------------------------------------- datasets
+    # Python files that register datasets (e.g. with register_rgbd_dataset), run once per
+    # process when load_config reads this config, so that every tool and training process
+    # knows the names in DATASETS.TRAIN / TEST. Relative paths: from the current directory.
+    cfg.DATASETS.REGISTRATION_FILES = []
+
     # ---------------------------------------------------------------- data: depth + camera
     cfg.INPUT.DEPTH = CN()
     # Load "depth" (metres) and "intrinsics" (3x3, pixels) in the dataset mapper.
@@ -142,13 +148,17 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
 
 def load_config(config_file: str, opts=(), freeze: bool = True) -> CN:
     """detectron2's defaults + this plugin's keys, merged with ``config_file`` (``_BASE_``
-    inheritance) and the ``KEY VALUE`` list ``opts``; unknown keys raise ``KeyError``."""
+    inheritance) and the ``KEY VALUE`` list ``opts``; unknown keys raise ``KeyError``. The
+    files of ``DATASETS.REGISTRATION_FILES`` are run (once per process)."""
     from detectron2.config import get_cfg
 
     cfg = get_cfg()
     add_panoptic_curriculum_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts or []))
+    from .data.datasets.rgbd import run_registration_files
+
+    run_registration_files(cfg.DATASETS.REGISTRATION_FILES)
     if freeze:
         cfg.freeze()
     return cfg
