@@ -8,7 +8,7 @@ from .depth_io import (
     read_intrinsics,
     register_depth_format,
 )
-from . import datasets  # registers synthetic_scenes_* and cityscapes_fine_depth_*
+from . import datasets  # registers synthetic_scenes_*, cityscapes_fine_depth_*, nyud_v2_*
 from .datasets import register_label_subset, register_rgbd_dataset
 
 __all__ = [
