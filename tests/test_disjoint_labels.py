@@ -111,7 +111,15 @@ def test_labels_needed_follow_the_branches():
     cfg.MODEL.POINT_HEAD.ENABLED = False
     cfg.MODEL.DEPTH_HEAD.CANONICAL_FOCAL = 0.0
     cfg.MODEL.DEPTH_HEAD.CAMERA_COORDS = False
+    needs = labels_needed_for_training(cfg)
+    assert set(needs) == {"sem_seg", "instances", "depth", "intrinsics"}
+    assert needs["intrinsics"].startswith("INPUT.DEPTH.ENABLED")  # the mapper loads K
+    cfg.INPUT.DEPTH.MISSING = "skip"
     assert set(labels_needed_for_training(cfg)) == {"sem_seg", "instances", "depth"}
+    cfg.MODEL.PANOPTIC_CURRICULUM.DEPTH_ON = False
+    assert set(labels_needed_for_training(cfg)) == {"sem_seg", "instances"}
+    cfg.INPUT.DEPTH.MISSING = "error"
+    assert labels_needed_for_training(cfg)["depth"].startswith("INPUT.DEPTH.ENABLED")
     inst = stage_config(tiny_cfg(), "instance", "/o")
     assert labels_needed_for_training(inst) == {
         "instances": "MODEL.PANOPTIC_CURRICULUM.INSTANCE_ON"

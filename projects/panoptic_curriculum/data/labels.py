@@ -19,7 +19,9 @@ intrinsics ``intrinsics``                         3x3 camera matrix K, pixels
 
 Training needs, per branch that is on: the semantic head ``sem_seg``; the instance decoder
 ``instances``; the depth head ``depth`` (and ``intrinsics`` when it is camera-aware); the
-point branch ``intrinsics``. :func:`check_training_labels` checks a config's training
+point branch ``intrinsics``; and the dataset mapper ``depth`` and ``intrinsics`` when it loads
+them (``INPUT.DEPTH.ENABLED``) and a sample without them is an error
+(``INPUT.DEPTH.MISSING "error"``). :func:`check_training_labels` checks a config's training
 datasets before training starts and names the dataset, the kind, its fields and the key
 that needs it.
 """
@@ -106,6 +108,11 @@ def labels_needed_for_training(cfg) -> Dict[str, str]:
             need["intrinsics"] = "MODEL.DEPTH_HEAD.CAMERA_COORDS"
     if cfg.MODEL.POINT_HEAD.ENABLED:
         need["intrinsics"] = "MODEL.POINT_HEAD.ENABLED"
+    if cfg.INPUT.DEPTH.ENABLED and cfg.INPUT.DEPTH.MISSING == "error":
+        # the mapper loads both and fails on a sample without them
+        key = "INPUT.DEPTH.ENABLED with INPUT.DEPTH.MISSING 'error' (the dataset mapper)"
+        need.setdefault("depth", key)
+        need.setdefault("intrinsics", key)
     return need
 
 
