@@ -30,6 +30,8 @@ def test_configs_exist():
         "cityscapes/curriculum_R50_FPN.yaml",
         "cityscapes/curriculum_Xception65.yaml",
         "coco/curriculum_R50_FPN.yaml",
+        "nyud/curriculum_R50_FPN.yaml",
+        "synthetic/curriculum_R18_FPN_disjoint_labels.yaml",
     } <= names
 
 

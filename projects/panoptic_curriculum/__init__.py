@@ -12,7 +12,7 @@ compat.apply()  # before any detectron2 import that needs it
 
 from . import geometry  # noqa: E402
 from .config import add_panoptic_curriculum_config, load_config, validate_config  # noqa: E402
-from . import data  # noqa: E402  registers synthetic_scenes_* and cityscapes_fine_depth_*
+from . import data  # noqa: E402  registers synthetic_scenes_*, cityscapes_fine_depth_*, nyud_v2_*
 from . import modeling  # noqa: E402  registers the meta-architecture, backbones and heads
 from . import evaluation  # noqa: E402  DepthEvaluator
 

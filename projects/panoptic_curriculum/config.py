@@ -6,6 +6,8 @@ fail loudly, as in detectron2. ``load_config`` parses YAML files (and their ``_B
 with a safe loader only: a Python tag is an error naming the file.
 """
 
+import os
+
 from detectron2.config import CfgNode as CN
 
 from .config_validation import validate_config
@@ -144,6 +146,13 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     cfg.CURRICULUM.SEMANTIC_ITER = 2000
     cfg.CURRICULUM.INSTANCE_ITER = 2000
     cfg.CURRICULUM.JOINT_ITER = 1000
+    # Training datasets of the semantic stage; empty: DATASETS.TRAIN. E.g. a dataset with
+    # semantic labels and depth but no instance annotations.
+    cfg.CURRICULUM.SEMANTIC_DATASETS = ()
+    # Training datasets of the instance stage; empty: DATASETS.TRAIN. E.g. a COCO-format
+    # instance dataset without semantic labels or depth. (The joint stage needs every label
+    # and trains on DATASETS.TRAIN.)
+    cfg.CURRICULUM.INSTANCE_DATASETS = ()
     # Base learning rate of the joint fine-tuning stage, as a factor of SOLVER.BASE_LR.
     cfg.CURRICULUM.JOINT_LR_FACTOR = 0.1
     # Write the point cloud of one training sample every N iterations (0: never).
@@ -154,7 +163,9 @@ def load_config(config_file: str, opts=(), freeze: bool = True) -> CN:
     """detectron2's defaults + this plugin's keys, merged with ``config_file`` (``_BASE_``
     inheritance; every file read with ``yaml.safe_load``, a Python tag raises
     :class:`~panoptic_curriculum.utils.safe_load.UntrustedContentError`) and the ``KEY VALUE``
-    list ``opts``; unknown keys raise ``KeyError``."""
+    list ``opts``; unknown keys raise ``KeyError``. The Python files named in the environment
+    variable ``PANOPTIC_CURRICULUM_DATASETS`` (``os.pathsep``-separated; they register your
+    own datasets) are run once per process first."""
     from detectron2.config import get_cfg
 
     from .utils.safe_load import merge_config_file
@@ -164,6 +175,11 @@ def load_config(config_file: str, opts=(), freeze: bool = True) -> CN:
     merge_config_file(cfg, config_file)
     cfg.merge_from_list(list(opts or []))
     validate_config(cfg, config_file)
+    from .data.datasets.rgbd import REGISTRATION_ENV, run_registration_files
+
+    # your own dataset registrations: named by you in the environment, never by a config
+    # file (a config someone hands you must not run code)
+    run_registration_files(os.environ.get(REGISTRATION_ENV, "").split(os.pathsep))
     if freeze:
         cfg.freeze()
     return cfg

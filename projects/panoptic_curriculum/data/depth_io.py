@@ -13,7 +13,7 @@ A dataset dict of this plugin carries, besides detectron2's standard fields:
 
 import json
 import os
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import cv2
 import numpy as np
@@ -25,6 +25,7 @@ from ..geometry import FOCAL_UNIT_HINT, MIN_FOCAL_PX
 
 __all__ = [
     "DEPTH_DECODERS",
+    "DEPTH_FILE_EXTENSIONS",
     "register_depth_format",
     "read_depth",
     "read_intrinsics",
@@ -37,15 +38,20 @@ __all__ = [
 
 #: depth format name -> ``decoder(path, dataset_dict) -> float32 [H, W] metres, 0 invalid``.
 DEPTH_DECODERS: Dict[str, Callable[[str, dict], np.ndarray]] = {}
+#: depth format name -> usual file extension (".png", ".npy"), where the format has one
+DEPTH_FILE_EXTENSIONS: Dict[str, str] = {}
 
 
-def register_depth_format(name: str):
-    """Decorator registering a depth decoder under ``name``."""
+def register_depth_format(name: str, extension: Optional[str] = None):
+    """Decorator registering a depth decoder under ``name``; ``extension`` (e.g. ".png") is
+    the extension of its files, which ``register_rgbd_dataset`` uses by default."""
 
     def deco(fn):
         if name in DEPTH_DECODERS:
             raise KeyError(f"depth format {name!r} is already registered")
         DEPTH_DECODERS[name] = fn
+        if extension is not None:
+            DEPTH_FILE_EXTENSIONS[name] = extension
         return fn
 
     return deco
@@ -74,19 +80,21 @@ def encode_depth_png_mm(depth: np.ndarray) -> np.ndarray:
     return mm.astype(np.uint16)
 
 
-@register_depth_format("png_mm")
+@register_depth_format("png_mm", ".png")
 def _decode_png_mm(path: str, dataset_dict: dict) -> np.ndarray:
     """16-bit PNG of depth in millimetres, 0 invalid (the synthetic scenes' format)."""
     return _read_uint16_png(path).astype(np.float32) * np.float32(PNG_MM_SCALE)
 
 
-@register_depth_format("npy_m")
+@register_depth_format("npy_m", ".npy")
 def _decode_npy_m(path: str, dataset_dict: dict) -> np.ndarray:
-    """``.npy`` float array of depth in metres, 0 invalid."""
+    """``.npy`` float array of depth in metres, 0 invalid; ``(H, W)`` or ``(H, W, 1)``."""
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError as e:
         raise ValueError(f"cannot decode depth file {path}: {e}") from e
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
         raise ValueError(
             f"depth file {path} must hold a 2D float array, got {arr.dtype} {arr.shape}"
@@ -109,7 +117,7 @@ def decode_cityscapes_disparity(raw: np.ndarray, baseline: float, fx: float) -> 
     return depth
 
 
-@register_depth_format("cityscapes_disparity")
+@register_depth_format("cityscapes_disparity", ".png")
 def _decode_cityscapes(path: str, dataset_dict: dict) -> np.ndarray:
     if "stereo_baseline" not in dataset_dict:
         raise KeyError(f"dataset dict of {path} lacks 'stereo_baseline' (metres)")

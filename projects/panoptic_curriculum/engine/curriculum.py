@@ -31,6 +31,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage, JSONWriter, TensorboardXWriter
 
 from ..utils.atomic_io import remove_stale_temp_files
+from ..data.labels import check_stage_labels
 from .checkpoint import AtomicCheckpointer, atomic_write_text
 from .merge import merge_stage_checkpoints
 from .trainer import PanopticCurriculumTrainer
@@ -60,11 +61,14 @@ def stage_config(cfg: CfgNode, stage: str, root: Optional[str] = None) -> CfgNod
     pc = c.MODEL.PANOPTIC_CURRICULUM
     if stage == "semantic":
         pc.INSTANCE_ON = False
+        c.DATASETS.TRAIN = tuple(cfg.CURRICULUM.SEMANTIC_DATASETS) or cfg.DATASETS.TRAIN
         c.SOLVER.MAX_ITER = cfg.CURRICULUM.SEMANTIC_ITER
     elif stage == "instance":
         pc.SEM_SEG_ON = pc.DEPTH_ON = False
         pc.INSTANCE_ON = True
         c.MODEL.POINT_HEAD.ENABLED = False
+        c.INPUT.DEPTH.ENABLED = False  # neither depth nor K is used: instance-only data works
+        c.DATASETS.TRAIN = tuple(cfg.CURRICULUM.INSTANCE_DATASETS) or cfg.DATASETS.TRAIN
         c.MODEL.FREEZE.PREFIXES = sorted(set(cfg.MODEL.FREEZE.PREFIXES) | {"backbone"})
         c.MODEL.WEIGHTS = _final_checkpoint(root, "semantic")
         c.SOLVER.MAX_ITER = cfg.CURRICULUM.INSTANCE_ITER
@@ -160,6 +164,14 @@ def run_curriculum(
     if comm.is_main_process():  # temporary files of a run killed while writing
         for folder in [root] + [os.path.join(root, s) for s in STAGES]:
             remove_stale_temp_files(folder)
+    # every stage still to train gets the labels it needs, checked before the first one runs
+    check_stage_labels(
+        {
+            s: stage_config(cfg, s, root)
+            for s in stages
+            if s != "merge" and _read_marker(os.path.join(root, s)) is None
+        }
+    )
     all_results: "OrderedDict[str, Dict]" = OrderedDict()
     for i, stage in enumerate(stages, start=1):
         stage_dir = os.path.join(root, stage)

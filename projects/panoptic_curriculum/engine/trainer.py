@@ -33,6 +33,7 @@ from detectron2.utils import comm
 
 from ..config_validation import validate_config
 from ..data.dataset_mapper import RGBDDatasetMapper
+from ..data.labels import check_training_labels
 from ..evaluation import DepthEvaluator
 from .checkpoint import AtomicCheckpointer
 from .data import PositionalDataset, ResumableTrainingSampler, SeededMapper
@@ -115,9 +116,14 @@ class PanopticCurriculumTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0):
-        dicts = get_detection_dataset_dicts(
-            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
-        )
+        dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
+        check_training_labels(cfg, dicts)  # a dataset without a label the branches need
+        if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS and cfg.MODEL.PANOPTIC_CURRICULUM.INSTANCE_ON:
+            # detectron2's filter, only where instances are trained (a semantic stage keeps
+            # every labelled image)
+            kept = [d for d in dicts if any(a.get("iscrowd", 0) == 0 for a in d["annotations"])]
+            logger.info("Removed %d images without instance annotations", len(dicts) - len(kept))
+            dicts = kept
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         sampler = ResumableTrainingSampler(
             len(dicts), seed=seed, start=start_iter * cfg.SOLVER.IMS_PER_BATCH

@@ -39,9 +39,11 @@ from detectron2.structures import BoxMode
 from ...utils.atomic_io import disk_full_error, remove_abandoned_folders
 from ..depth_io import DEPTH_DECODERS, as_intrinsics, encode_depth_png_mm, read_json
 from ..synthetic.generator import CATEGORIES, IGNORE_LABEL, render_scene, sample_scene
+from .label_subsets import register_label_subset
 
 __all__ = [
     "SYNTHETIC_SPLITS",
+    "SYNTHETIC_LABEL_SUBSETS",
     "GENERATOR_VERSION",
     "register_synthetic_scenes",
     "register_all_synthetic_scenes",
@@ -59,6 +61,19 @@ GENERATOR_VERSION = 3
 SYNTHETIC_SPLITS = {
     "synthetic_scenes_train": dict(split="train", num_images=400, seed=0, height=192, width=256),
     "synthetic_scenes_val": dict(split="val", num_images=100, seed=1, height=192, width=256),
+}
+
+#: label-partial halves of the training split, for a curriculum with labels from different
+#: datasets (configs/synthetic/curriculum_R18_FPN_disjoint_labels.yaml): disjoint images,
+#: the first half with semantic labels, depth and K only, the second with instances only.
+#: name -> arguments of :func:`~.label_subsets.register_label_subset`
+SYNTHETIC_LABEL_SUBSETS = {
+    "synthetic_scenes_train_semantic_part": dict(
+        source="synthetic_scenes_train", labels=("sem_seg", "depth", "intrinsics"), stop=200
+    ),
+    "synthetic_scenes_train_instance_part": dict(
+        source="synthetic_scenes_train", labels=("instances",), start=200
+    ),
 }
 
 _LABEL_DIVISOR = 1000
@@ -382,8 +397,11 @@ def register_synthetic_scenes(
 
 
 def register_all_synthetic_scenes(root: str) -> None:
-    """Register ``synthetic_scenes_train`` and ``synthetic_scenes_val`` under ``root``."""
+    """Register ``synthetic_scenes_train`` and ``synthetic_scenes_val`` under ``root``, and
+    the label-partial halves of the training split (:data:`SYNTHETIC_LABEL_SUBSETS`)."""
     for name, params in SYNTHETIC_SPLITS.items():
         if name in DatasetCatalog.list():
             continue
         register_synthetic_scenes(name, root, **params)
+    for name, args in SYNTHETIC_LABEL_SUBSETS.items():
+        register_label_subset(name, **args)
