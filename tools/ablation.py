@@ -9,7 +9,10 @@ Variants (same total number of training iterations B = SEMANTIC_ITER + INSTANCE_
   for B iterations (no curriculum);
 * ``curriculum_no_point``: the curriculum without the point branch (no L_3D-seg, no
   L_consist);
-* ``curriculum_no_consist``: the curriculum with the point branch but L_consist weighted 0.
+* ``curriculum_no_consist``: the curriculum with the point branch but L_consist weighted 0;
+* ``curriculum_learned_weights``: the curriculum with learned loss weights (homoscedastic
+  uncertainty, ``MODEL.PANOPTIC_CURRICULUM.LOSS_WEIGHTING uncertainty``) instead of the
+  fixed ones; ``tools/plot_metrics.py`` on its run folder draws the weights.
 
 Every run evaluates on the config's test set; the script prints a markdown table (mean and
 standard deviation over seeds) and writes it with all numbers to ``OUTPUT/ablation.{md,json}``.
@@ -37,6 +40,7 @@ VARIANTS = {
     "joint_scratch": None,  # special: no curriculum
     "curriculum_no_point": ["MODEL.POINT_HEAD.ENABLED", False],
     "curriculum_no_consist": ["MODEL.POINT_HEAD.CONSISTENCY_WEIGHT", 0.0],
+    "curriculum_learned_weights": ["MODEL.PANOPTIC_CURRICULUM.LOSS_WEIGHTING", "uncertainty"],
 }
 METRICS = [
     ("mIoU", "sem_seg", "mIoU"),

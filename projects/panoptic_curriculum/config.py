@@ -47,6 +47,10 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     cfg.MODEL.PANOPTIC_CURRICULUM.SEM_SEG_LOSS_WEIGHT = 1.0
     # Weight applied to every Mask R-CNN loss (loss_rpn_*, loss_cls, loss_box_reg, loss_mask).
     cfg.MODEL.PANOPTIC_CURRICULUM.INSTANCE_LOSS_WEIGHT = 1.0
+    # Loss weights: "fixed" (the *_LOSS_WEIGHT / LOSS_WEIGHT / CONSISTENCY_WEIGHT keys) or
+    # "uncertainty" (one learned log-variance per task, Kendall et al. 2018, starting at the
+    # fixed weights; logged as task_weight/<task>).
+    cfg.MODEL.PANOPTIC_CURRICULUM.LOSS_WEIGHTING = "fixed"
     # Panoptic fusion (as Panoptic FPN): instances below this score are dropped.
     cfg.MODEL.PANOPTIC_CURRICULUM.PANOPTIC_INSTANCES_CONFIDENCE_THRESH = 0.5
     # Panoptic fusion: an instance whose visible part overlaps earlier ones by more than
