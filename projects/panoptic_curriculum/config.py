@@ -35,6 +35,32 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     # the sample without "depth"/"intrinsics" (for datasets such as COCO).
     cfg.INPUT.DEPTH.MISSING = "error"
 
+    # ---------------------------------------------------------------- training augmentation
+    # Photometric jitter at training time (data/augmentations.py, RandomPhotometric).
+    cfg.INPUT.PHOTOMETRIC = CN()
+    cfg.INPUT.PHOTOMETRIC.ENABLED = False
+    # Brightness, contrast and saturation factors drawn in [1 - x, 1 + x] (x in [0, 1)).
+    cfg.INPUT.PHOTOMETRIC.BRIGHTNESS = 0.0
+    cfg.INPUT.PHOTOMETRIC.CONTRAST = 0.0
+    cfg.INPUT.PHOTOMETRIC.SATURATION = 0.0
+    # White balance: red and blue gains (relative to green) drawn in [1 - x, 1 + x].
+    cfg.INPUT.PHOTOMETRIC.WHITE_BALANCE = 0.0
+    # Hue rotation about the grey axis drawn in [-x, x] degrees.
+    cfg.INPUT.PHOTOMETRIC.HUE = 0.0
+    # Gaussian blur with probability BLUR_PROB, sigma drawn in [0.3, BLUR_SIGMA] pixels
+    # (0: never).
+    cfg.INPUT.PHOTOMETRIC.BLUR_SIGMA = 0.0
+    cfg.INPUT.PHOTOMETRIC.BLUR_PROB = 0.0
+    # Additive Gaussian noise with probability NOISE_PROB, std drawn in [0, NOISE_STD]
+    # (0-255 intensity units).
+    cfg.INPUT.PHOTOMETRIC.NOISE_STD = 0.0
+    cfg.INPUT.PHOTOMETRIC.NOISE_PROB = 0.0
+    # Camera (focal-length) augmentation at training time: scale the image by a factor
+    # drawn log-uniformly in ZOOM_RANGE and crop / pad back to its size; K is updated.
+    cfg.INPUT.CAMERA_AUG = CN()
+    cfg.INPUT.CAMERA_AUG.ENABLED = False
+    cfg.INPUT.CAMERA_AUG.ZOOM_RANGE = (0.8, 1.25)
+
     # ---------------------------------------------------------------- meta-architecture
     cfg.MODEL.PANOPTIC_CURRICULUM = CN()
     # Build and run the DeepLabV3+ semantic decoder.
