@@ -54,7 +54,9 @@ RANGE_FLAGS = {
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--split", required=True, help="folder name; dataset synthetic_scenes_<split>")
+    parser.add_argument(
+        "--split", required=True, help="folder name; the dataset is synthetic_scenes_<split>"
+    )
     parser.add_argument("--root", default=os.getenv("DETECTRON2_DATASETS", "datasets"))
     parser.add_argument("--num-images", type=int, default=100)
     parser.add_argument("--seed", type=int, default=21, help="training uses 0, validation 1")

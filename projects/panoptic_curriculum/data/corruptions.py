@@ -10,9 +10,9 @@ corruption, the severity and a base seed, so every model sees the same corrupted
 Two corruptions run through this module's own code rather than the package's: ``glass_blur``
 (the package moves pixels one by one in Python, several seconds for a 192x256 image; here the
 same sequence of moves is applied to an index list and the pixels are gathered once, giving
-the identical image (tested) about 100 times faster) and ``impulse_noise`` (the package's scikit-image
-call draws from an unseeded generator; here the same salt-and-pepper noise is drawn from the
-seeded one).
+the identical image (tested) about 100 times faster) and ``impulse_noise`` (the package's
+scikit-image call draws from an unseeded generator; here the same salt-and-pepper noise is
+drawn from the seeded one).
 """
 
 import zlib

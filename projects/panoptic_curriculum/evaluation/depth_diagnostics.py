@@ -191,7 +191,9 @@ def _focal_groups(records: List[Dict], edges: Optional[Sequence[float]]):
     groups = []
     for k, (lo, hi) in enumerate(zip(cuts, cuts[1:])):
         last = k == len(cuts) - 2
-        members = [r for r in records if lo <= r["fx"] and (r["fx"] < hi or (last and r["fx"] <= hi))]
+        members = [
+            r for r in records if lo <= r["fx"] and (r["fx"] < hi or (last and r["fx"] <= hi))
+        ]
         groups.append((f"fx{lo:.4g}-{hi:.4g}", members))
     return groups
 
