@@ -254,8 +254,8 @@ def test_diagnostics_known_answers(tmp_path):
     assert diag["AbsRel_5-10m"] == approx(1.0) and diag["d1_5-10m"] == 0.0
     assert diag["log_ratio_10-20m"] == approx(math.log(0.5))
     assert diag["AbsRel_20-40m"] == approx(0.0) and diag["d1_20-40m"] == 1.0
-    assert diag["AbsRel_>40m"] == approx(0.3) and diag["d1_>40m"] == 0.0
-    assert diag["frac_>40m"] == approx(1 / 10)
+    assert diag["AbsRel_over40m"] == approx(0.3) and diag["d1_over40m"] == 0.0
+    assert diag["frac_over40m"] == approx(1 / 10)
     # near (< 10 m): a's 2, 4, 8 m and b's four pixels; far: a's 16, 32, 64 m
     assert diag["AbsRel_near"] == approx((0.1 + 0.1 + 1.0 + 4 * 1.0) / 7)
     assert diag["AbsRel_far"] == approx((0.5 + 0.0 + 0.3) / 3)
@@ -280,10 +280,10 @@ def test_diagnostics_known_answers(tmp_path):
     assert diag["d1_median_scaled"] == approx((d1_a + 1.0) / 2)
     assert diag["AbsRel_median_scaled"] == approx((np.abs(q - 1).mean() + 0.0) / 2)
     # focal bins: a's original fx is 200 * 3 / 6 = 100 (in 0-200), b's 300 (> 200)
-    assert diag["num_images_fx0-200"] == 1 and diag["num_images_fx>200"] == 1
+    assert diag["num_images_fx0-200"] == 1 and diag["num_images_fxover200"] == 1
     assert diag["AbsRel_fx0-200"] == approx(np.abs(RATIO_DIAG - 1).mean())
-    assert diag["AbsRel_fx>200"] == approx(1.0)
-    assert diag["scale_log_mean_fx>200"] == approx(math.log(2))
+    assert diag["AbsRel_fxover200"] == approx(1.0)
+    assert diag["scale_log_mean_fxover200"] == approx(math.log(2))
     assert diag["num_images_without_fx"] == 0
     # the headline task is unchanged by the diagnostics
     assert res["depth"]["num_images"] == 2
@@ -294,7 +294,7 @@ def test_diagnostics_empty_bins_nan_and_flat_keys(tmp_path):
 
     res = run_eval([make_dict(tmp_path, "a", GT_A)], [GT_A])  # 1.5-10 m only, no K
     diag = res["depth_diagnostics"]
-    assert math.isnan(diag["AbsRel_>40m"]) and diag["frac_>40m"] == 0.0
+    assert math.isnan(diag["AbsRel_over40m"]) and diag["frac_over40m"] == 0.0
     assert diag["num_images_without_fx"] == 1
     assert not any(k.startswith("num_images_fx") for k in diag)
     flat = flatten_results_dict(res)  # what the EvalHook writes to metrics.json

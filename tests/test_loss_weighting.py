@@ -183,6 +183,7 @@ def test_plot_metrics_draws_the_weights(tmp_path):
             "loss_sem_seg": 1.0,
             "task_weight/sem_seg": 1.0 + 0.1 * i,
             "task_weight/depth": 2.0 - 0.05 * i,
+            "depth_diagnostics/AbsRel_near": 0.1,
         }
         for i in range(40)
     ]
@@ -192,6 +193,9 @@ def test_plot_metrics_draws_the_weights(tmp_path):
     assert written["task_weight/*"].endswith("task_weights.png")
     assert (tmp_path / "plots" / "task_weights.png").stat().st_size > 1000
     assert "total_loss" in written  # negative totals are plotted like any other
+    assert "depth_diagnostics/AbsRel_near" not in written  # only when asked for
+    asked = plot_runs([str(run)], str(tmp_path / "p2"), ["depth_diagnostics/*"])
+    assert list(asked) == ["depth_diagnostics/AbsRel_near"]
 
 
 def test_trainer_optimises_and_logs_the_weights(small_split, tmp_path):

@@ -9,7 +9,8 @@ prediction ``p`` (clamped to the evaluation range) to ground truth ``g`` at a va
 What is reported (per-image quantities are averaged over images; binned ones pool the pixels
 of all images that fall in the bin, so that a bin few images reach is not dominated by them):
 
-* **by distance** (ground-truth depth bins ``[e_k, e_{k+1})``, last bin open-ended):
+* **by distance** (ground-truth depth bins ``[e_k, e_{k+1})`` named ``0-5m`` ..., the last
+  bin open-ended, named ``over40m``):
   ``AbsRel_<bin>``, ``d1_<bin>`` (δ<1.25), ``log_ratio_<bin>`` (mean ``r``: > 0 predicted too
   far, < 0 too near) and ``frac_<bin>`` (share of all valid pixels);
 * **near vs far**: the same four with suffixes ``_near`` (``g < near_far_threshold``) and
@@ -25,8 +26,8 @@ of all images that fall in the bin, so that a bin few images reach is not domina
   ``AbsRel_median_scaled``, ``d1_median_scaled``;
 * **by camera focal length** (``fx`` of the original image, pixels; images binned whole):
   ``AbsRel_fx<lo>-<hi>``, ``d1_fx<lo>-<hi>``, ``scale_log_mean_fx<lo>-<hi>``,
-  ``num_images_fx<lo>-<hi>``. Without given edges the bins are the tertiles of the evaluated
-  images' ``fx``.
+  ``num_images_fx<lo>-<hi>`` (the last given bin ``fxover<lo>``). Without given edges the
+  bins are the tertiles of the evaluated images' ``fx``.
 
 Empty bins report NaN (and a pixel or image count of 0).
 """
@@ -76,11 +77,12 @@ def check_bin_edges(edges: Sequence[float], what: str) -> Tuple[float, ...]:
 
 
 def _bin_name(lo: float, hi: Optional[float], unit: str = "m") -> str:
-    return f">{lo:g}{unit}" if hi is None else f"{lo:g}-{hi:g}{unit}"
+    # only characters that tensorboard accepts in a tag
+    return f"over{lo:g}{unit}" if hi is None else f"{lo:g}-{hi:g}{unit}"
 
 
 def distance_bin_names(edges: Sequence[float]) -> List[str]:
-    """``["0-5m", "5-10m", ..., ">40m"]`` for edges ``(0, 5, ..., 40)``."""
+    """``["0-5m", "5-10m", ..., "over40m"]`` for edges ``(0, 5, ..., 40)``."""
     return [_bin_name(lo, hi) for lo, hi in zip(edges, list(edges[1:]) + [None])]
 
 

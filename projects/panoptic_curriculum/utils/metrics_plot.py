@@ -203,17 +203,25 @@ def _segments(run: Run, key: str, split_stages: bool) -> List[List[Tuple[float, 
     return segments
 
 
+#: metric groups left out unless asked for by a pattern (dozens of keys each)
+DIAGNOSTIC_PREFIXES = ("depth_diagnostics/",)
+
+
 def plotted_keys(runs: Sequence[Run], patterns: Optional[Sequence[str]] = None) -> List[str]:
     """Keys to plot, sorted (losses first): every loss (``loss_*``, ``total_loss``) and every
-    metric (a ``/`` in the key) of any run; with ``patterns`` (fnmatch, e.g. ``"loss_*"``,
-    ``"sem_seg/*"``), every key of any run that matches one of them instead."""
+    metric (a ``/`` in the key) of any run, except the depth diagnostics
+    (``depth_diagnostics/*``); with ``patterns`` (fnmatch, e.g. ``"loss_*"``,
+    ``"sem_seg/*"``, ``"depth_diagnostics/*"``), every key of any run that matches one of
+    them instead."""
     keys = set()
     for run in runs:
         for key in run.series:
             if patterns:
                 if any(fnmatch.fnmatchcase(key, p) for p in patterns):
                     keys.add(key)
-            elif is_loss_key(key) or is_metric_key(key):
+            elif (is_loss_key(key) or is_metric_key(key)) and not key.startswith(
+                DIAGNOSTIC_PREFIXES
+            ):
                 keys.add(key)
     return sorted(keys, key=lambda k: (not is_loss_key(k), k != "total_loss", k))
 
