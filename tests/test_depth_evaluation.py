@@ -179,7 +179,7 @@ def _dist_worker(rank, init_file, dicts, preds, result_file):
     )
     comm._LOCAL_PROCESS_GROUP = dist.new_group([0, 1])  # as detectron2's launch() does
     try:
-        ev = DepthEvaluator("test")  # distributed=True by default
+        ev = DepthEvaluator("test", distance_bins=(0, 5, 10, 20))  # distributed by default
         ev.reset()
         for d, p in list(zip(dicts, preds))[rank::2]:
             out = {} if p is None else {"depth": torch.as_tensor(p, dtype=torch.float32)}
@@ -202,10 +202,14 @@ def test_two_process_gather_matches_single_process(tmp_path):
         gt = np.round(rng.uniform(0.5, 30.0, size=(4, 5)), 3)
         gt[rng.random((4, 5)) < 0.3] = 0.0  # different valid counts per image
         dicts.append(make_dict(tmp_path, f"img{i}", gt))
+        dicts[-1]["intrinsics"] = torch.tensor([[100.0 + 10 * i, 0, 2], [0, 100, 1.5], [0, 0, 1]])
         preds.append(gt * rng.uniform(0.7, 1.4, size=gt.shape) + 0.1)
     dicts.append({"file_name": "coco.jpg", "height": 4, "width": 5})  # no depth
     preds.append(None)
-    expected = run_eval(dicts, preds)
+    # every distance bin populated (ground truth up to 30 m): no NaN, so == compares all
+    expected = run_eval(dicts, preds, distance_bins=(0, 5, 10, 20))
+    assert not any(math.isnan(v) for v in expected["depth_diagnostics"].values())
+    assert expected["depth_diagnostics"]["num_images_fx100-113.3"] == 2
 
     result_file = str(tmp_path / "rank0.pkl")
     torch.multiprocessing.spawn(
@@ -218,3 +222,107 @@ def test_two_process_gather_matches_single_process(tmp_path):
         got = pickle.load(f)
     assert got == expected
     assert got["depth"]["num_images"] == 5 and got["depth"]["num_images_no_depth"] == 1
+
+
+# ---------------------------------------------------------------- diagnostics
+# image A: one pixel per distance bin (two in 0-5 m), known ratios pred/gt
+GT_DIAG = np.array([[2.0, 4.0, 8.0], [16.0, 32.0, 64.0]])
+RATIO_DIAG = np.array([[1.1, 1.1, 2.0], [0.5, 1.0, 1.3]])
+
+
+def test_diagnostics_known_answers(tmp_path):
+    a = make_dict(tmp_path, "a", GT_DIAG)
+    # the mapped input is twice as wide as the original: its K was scaled by 2 with it
+    a["image"] = torch.zeros(3, 4, 6, dtype=torch.uint8)
+    a["intrinsics"] = torch.tensor([[200.0, 0, 2.5], [0, 200, 1.5], [0, 0, 1]])
+    b = make_dict(tmp_path, "b", np.full((2, 2), 3.0))  # everything predicted twice as far
+    b["intrinsics"] = torch.tensor([[300.0, 0, 1], [0, 300, 1], [0, 0, 1]])
+    res = run_eval(
+        [a, b],
+        [GT_DIAG * RATIO_DIAG, np.full((2, 2), 6.0)],
+        max_depth=100.0,
+        focal_bins=(0, 200),
+        near_far_threshold=10.0,
+    )
+    diag = res["depth_diagnostics"]
+    approx = lambda v: pytest.approx(v, rel=1e-5, abs=1e-9)  # noqa: E731
+    # distance bins pool the pixels of both images (b's four 3 m pixels are in 0-5 m)
+    assert diag["AbsRel_0-5m"] == approx((0.1 + 0.1 + 4 * 1.0) / 6)
+    assert diag["d1_0-5m"] == approx(2 / 6)
+    assert diag["log_ratio_0-5m"] == approx((2 * math.log(1.1) + 4 * math.log(2)) / 6)
+    assert diag["frac_0-5m"] == approx(6 / 10)
+    assert diag["AbsRel_5-10m"] == approx(1.0) and diag["d1_5-10m"] == 0.0
+    assert diag["log_ratio_10-20m"] == approx(math.log(0.5))
+    assert diag["AbsRel_20-40m"] == approx(0.0) and diag["d1_20-40m"] == 1.0
+    assert diag["AbsRel_over40m"] == approx(0.3) and diag["d1_over40m"] == 0.0
+    assert diag["frac_over40m"] == approx(1 / 10)
+    # near (< 10 m): a's 2, 4, 8 m and b's four pixels; far: a's 16, 32, 64 m
+    assert diag["AbsRel_near"] == approx((0.1 + 0.1 + 1.0 + 4 * 1.0) / 7)
+    assert diag["AbsRel_far"] == approx((0.5 + 0.0 + 0.3) / 3)
+    assert diag["d1_far"] == approx(1 / 3)
+    # scale: per-image median ratio 1.1 (a: mean of the middle two of 0.5 1 1.1 1.1 1.3 2)
+    # and 2 (b)
+    assert diag["scale_log_mean"] == approx((math.log(1.1) + math.log(2)) / 2)
+    assert diag["scale_log_std"] == approx((math.log(2) - math.log(1.1)) / 2)
+    assert diag["scale_ratio"] == approx(math.sqrt(1.1 * 2))
+    r = np.log(RATIO_DIAG.ravel())
+    mse_a, var_a = (r**2).mean(), r.var()
+    mse_b = math.log(2) ** 2  # b: all scale, no shape
+    assert diag["log_mse"] == approx((mse_a + mse_b) / 2)
+    assert diag["log_var"] == approx(var_a / 2)
+    assert diag["log_scale_sq"] == approx((r.mean() ** 2 + mse_b) / 2)
+    assert diag["log_var"] + diag["log_scale_sq"] == approx(diag["log_mse"])
+    assert diag["scale_share"] == approx(diag["log_scale_sq"] / diag["log_mse"])
+    # median scaling removes b's error entirely; a's scaled ratios are RATIO / 1.1
+    q = RATIO_DIAG.ravel() / 1.1
+    d1_a = float((np.maximum(q, 1 / q) < 1.25).mean())
+    assert d1_a == pytest.approx(4 / 6)
+    assert diag["d1_median_scaled"] == approx((d1_a + 1.0) / 2)
+    assert diag["AbsRel_median_scaled"] == approx((np.abs(q - 1).mean() + 0.0) / 2)
+    # focal bins: a's original fx is 200 * 3 / 6 = 100 (in 0-200), b's 300 (> 200)
+    assert diag["num_images_fx0-200"] == 1 and diag["num_images_fxover200"] == 1
+    assert diag["AbsRel_fx0-200"] == approx(np.abs(RATIO_DIAG - 1).mean())
+    assert diag["AbsRel_fxover200"] == approx(1.0)
+    assert diag["scale_log_mean_fxover200"] == approx(math.log(2))
+    assert diag["num_images_without_fx"] == 0
+    # the headline task is unchanged by the diagnostics
+    assert res["depth"]["num_images"] == 2
+
+
+def test_diagnostics_empty_bins_nan_and_flat_keys(tmp_path):
+    from detectron2.evaluation.testing import flatten_results_dict
+
+    res = run_eval([make_dict(tmp_path, "a", GT_A)], [GT_A])  # 1.5-10 m only, no K
+    diag = res["depth_diagnostics"]
+    assert math.isnan(diag["AbsRel_over40m"]) and diag["frac_over40m"] == 0.0
+    assert diag["num_images_without_fx"] == 1
+    assert not any(k.startswith("num_images_fx") for k in diag)
+    flat = flatten_results_dict(res)  # what the EvalHook writes to metrics.json
+    assert flat["depth_diagnostics/d1_0-5m"] == 1.0
+    assert all(isinstance(v, float) or isinstance(v, int) for v in flat.values())
+
+
+def test_diagnostics_tertile_focal_bins_and_log_table(tmp_path, caplog):
+    dicts, preds = [], []
+    for i, fx in enumerate((100.0, 110.0, 120.0, 130.0, 140.0, 150.0)):
+        d = make_dict(tmp_path, f"f{i}", GT_A)
+        d["intrinsics"] = torch.tensor([[fx, 0, 1], [0, fx, 1], [0, 0, 1]])
+        dicts.append(d)
+        preds.append(GT_A * (1.0 + 0.1 * i))  # error grows with fx
+    with caplog.at_level("INFO"):
+        diag = run_eval(dicts, preds)["depth_diagnostics"]
+    names = [k[len("num_images_") :] for k in diag if k.startswith("num_images_fx")]
+    assert names == ["fx100-116.7", "fx116.7-133.3", "fx133.3-150"]
+    assert [diag[f"num_images_{n}"] for n in names] == [2, 2, 2]
+    assert diag["AbsRel_fx133.3-150"] == pytest.approx(0.45, rel=1e-5)
+    assert "by ground-truth distance" in caplog.text and "by focal length" in caplog.text
+    assert "scale vs shape" in caplog.text
+
+
+def test_diagnostics_bad_bins_raise():
+    with pytest.raises(ValueError, match="distance_bins.*increasing"):
+        DepthEvaluator("x", distance_bins=(0, 10, 5))
+    with pytest.raises(ValueError, match="focal_bins"):
+        DepthEvaluator("x", focal_bins=[])
+    with pytest.raises(ValueError, match="near_far_threshold"):
+        DepthEvaluator("x", near_far_threshold=0)

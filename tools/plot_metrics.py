@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Plot training curves from detectron2's ``metrics.json``: one PNG per loss (``total_loss``
 and every ``loss_*``) and per evaluation metric (keys with a ``/``: ``sem_seg/mIoU``,
-``segm/AP``, ``panoptic_seg/PQ``, ``depth/AbsRel``, ``depth/d1``, ...) against iteration.
+``segm/AP``, ``panoptic_seg/PQ``, ``depth/AbsRel``, ``depth/d1``, ...) against iteration;
+learned loss weights (``task_weight/<task>``) also together in ``task_weights.png``; the
+depth error diagnostics (``depth_diagnostics/*``) only when asked for with ``--keys``.
 
 Each OUTPUT_DIR is a plain training folder (``OUTPUT_DIR/metrics.json``) or a curriculum root
 (``OUTPUT_DIR/{semantic,instance,merge,joint}/metrics.json``), whose stages are laid end to

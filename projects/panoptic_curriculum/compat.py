@@ -18,6 +18,13 @@ What each piece supplies:
   runs through ``torchvision.ops.deform_conv2d`` (CPU and CUDA); rotated-box operators fail
   with that clear error; the COCO evaluator uses pycocotools' ``COCOeval`` instead of the
   compiled fast evaluator (same numbers, slower).
+
+:func:`import_imagecorruptions` (called by :mod:`panoptic_curriculum.data.corruptions`, not
+at package import: scikit-image is slow to import) makes ``imagecorruptions`` 1.1.2 run on
+today's stack, at its call boundaries only: scikit-image >= 0.21 removed ``multichannel``
+from ``skimage.filters.gaussian`` (used by its gaussian and glass blur), NumPy 2 removed
+``np.float_`` (fog), SciPy deprecates ``scipy.ndimage.interpolation`` (and 2.0 removes it),
+and its frost images are located with ``pkg_resources.resource_filename`` on a module name.
 """
 
 import importlib.util
@@ -27,7 +34,7 @@ import sys
 import types
 import warnings
 
-__all__ = ["apply", "MissingOperatorError", "has_compiled_ops"]
+__all__ = ["apply", "MissingOperatorError", "has_compiled_ops", "import_imagecorruptions"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +117,14 @@ def patch_pillow(image_module) -> list:
 
 
 def _resource_filename(package: str, resource: str) -> str:
+    """``resource`` inside ``package``'s folder; for a plain module, its file's folder (as
+    ``pkg_resources`` does: ``imagecorruptions`` passes its module's ``__name__``)."""
     spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"cannot locate package {package!r}")
-    return os.path.join(list(spec.submodule_search_locations)[0], resource)
+    if spec is not None and spec.submodule_search_locations:
+        return os.path.join(list(spec.submodule_search_locations)[0], resource)
+    if spec is not None and spec.origin and os.path.isfile(spec.origin):
+        return os.path.join(os.path.dirname(spec.origin), resource)
+    raise ImportError(f"cannot locate package {package!r}")
 
 
 def install_pkg_resources_shim() -> bool:
@@ -126,6 +137,97 @@ def install_pkg_resources_shim() -> bool:
     shim.resource_filename = _resource_filename
     sys.modules["pkg_resources"] = shim
     return True
+
+
+class _NumpyWithFloatAlias(types.ModuleType):
+    """NumPy seen through one module's eyes, with ``float_`` (removed in NumPy 2) restored as
+    ``float64``; every other attribute is NumPy's own."""
+
+    def __init__(self, np_module):
+        super().__init__("numpy")
+        self._np = np_module
+        self.float_ = np_module.float64
+
+    def __getattr__(self, name):
+        return getattr(self._np, name)
+
+
+def _gaussian_with_multichannel(gaussian):
+    """``skimage.filters.gaussian`` that accepts the removed ``multichannel`` argument
+    (``True`` means ``channel_axis=-1``, ``False`` ``channel_axis=None``)."""
+
+    def wrapper(image, *args, multichannel=None, **kwargs):
+        if multichannel is not None and "channel_axis" not in kwargs:
+            kwargs["channel_axis"] = -1 if multichannel else None
+        return gaussian(image, *args, **kwargs)
+
+    wrapper.__wrapped_gaussian__ = gaussian
+    return wrapper
+
+
+def patch_imagecorruptions(corruptions_module) -> list:
+    """Fix ``imagecorruptions.corruptions`` in place where the library it calls changed;
+    returns the names of the fixes applied (none on the stack it was written for)."""
+    import inspect
+
+    changed = []
+    gaussian = corruptions_module.gaussian
+    if not hasattr(gaussian, "__wrapped_gaussian__"):
+        try:
+            params = inspect.signature(gaussian).parameters
+        except (TypeError, ValueError):
+            params = {}
+        if "multichannel" not in params and "channel_axis" in params:
+            corruptions_module.gaussian = _gaussian_with_multichannel(gaussian)
+            changed.append("gaussian(multichannel)")
+    np_module = corruptions_module.np
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            getattr(np_module, "float_")
+            has_float_ = True
+        except AttributeError:
+            has_float_ = False
+    if not has_float_:
+        corruptions_module.np = _NumpyWithFloatAlias(np_module)
+        changed.append("np.float_")
+    return changed
+
+
+def import_imagecorruptions():
+    """Import ``imagecorruptions`` and apply :func:`patch_imagecorruptions` once.
+
+    Raises:
+        ImportError: naming the package and the requirements file when it is not installed.
+    """
+    if importlib.util.find_spec("imagecorruptions") is None:
+        raise ImportError(
+            "the image corruptions need the 'imagecorruptions' package (and scikit-image); "
+            "install requirements/base.txt"
+        )
+    install_pkg_resources_shim()  # imagecorruptions imports pkg_resources at import time
+    import scipy.ndimage
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            has_interpolation = importlib.util.find_spec("scipy.ndimage.interpolation") is not None
+    except ModuleNotFoundError:
+        has_interpolation = False
+    if not has_interpolation:  # SciPy >= 2.0: the old namespace is gone
+        sys.modules["scipy.ndimage.interpolation"] = scipy.ndimage
+    with warnings.catch_warnings():
+        # "Please import `map_coordinates` from the `scipy.ndimage` namespace"
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import imagecorruptions
+        import imagecorruptions.corruptions as corruptions
+
+    if not getattr(corruptions, "_panoptic_curriculum_checked", False):
+        fixes = patch_imagecorruptions(corruptions)
+        corruptions._panoptic_curriculum_checked = True
+        if fixes:
+            logger.debug("imagecorruptions compatibility fixes applied: %s", fixes)
+    return imagecorruptions
 
 
 def install_missing_extension() -> bool:

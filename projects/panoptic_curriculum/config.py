@@ -40,6 +40,32 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     # the sample without "depth"/"intrinsics" (for datasets such as COCO).
     cfg.INPUT.DEPTH.MISSING = "error"
 
+    # ---------------------------------------------------------------- training augmentation
+    # Photometric jitter at training time (data/augmentations.py, RandomPhotometric).
+    cfg.INPUT.PHOTOMETRIC = CN()
+    cfg.INPUT.PHOTOMETRIC.ENABLED = False
+    # Brightness, contrast and saturation factors drawn in [1 - x, 1 + x] (x in [0, 1)).
+    cfg.INPUT.PHOTOMETRIC.BRIGHTNESS = 0.0
+    cfg.INPUT.PHOTOMETRIC.CONTRAST = 0.0
+    cfg.INPUT.PHOTOMETRIC.SATURATION = 0.0
+    # White balance: red and blue gains (relative to green) drawn in [1 - x, 1 + x].
+    cfg.INPUT.PHOTOMETRIC.WHITE_BALANCE = 0.0
+    # Hue rotation about the grey axis drawn in [-x, x] degrees.
+    cfg.INPUT.PHOTOMETRIC.HUE = 0.0
+    # Gaussian blur with probability BLUR_PROB, sigma drawn in [0.3, BLUR_SIGMA] pixels
+    # (0: never).
+    cfg.INPUT.PHOTOMETRIC.BLUR_SIGMA = 0.0
+    cfg.INPUT.PHOTOMETRIC.BLUR_PROB = 0.0
+    # Additive Gaussian noise with probability NOISE_PROB, std drawn in [0, NOISE_STD]
+    # (0-255 intensity units).
+    cfg.INPUT.PHOTOMETRIC.NOISE_STD = 0.0
+    cfg.INPUT.PHOTOMETRIC.NOISE_PROB = 0.0
+    # Camera (focal-length) augmentation at training time: scale the image by a factor
+    # drawn log-uniformly in ZOOM_RANGE and crop / pad back to its size; K is updated.
+    cfg.INPUT.CAMERA_AUG = CN()
+    cfg.INPUT.CAMERA_AUG.ENABLED = False
+    cfg.INPUT.CAMERA_AUG.ZOOM_RANGE = (0.8, 1.25)
+
     # ---------------------------------------------------------------- meta-architecture
     cfg.MODEL.PANOPTIC_CURRICULUM = CN()
     # Build and run the DeepLabV3+ semantic decoder.
@@ -52,6 +78,10 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     cfg.MODEL.PANOPTIC_CURRICULUM.SEM_SEG_LOSS_WEIGHT = 1.0
     # Weight applied to every Mask R-CNN loss (loss_rpn_*, loss_cls, loss_box_reg, loss_mask).
     cfg.MODEL.PANOPTIC_CURRICULUM.INSTANCE_LOSS_WEIGHT = 1.0
+    # Loss weights: "fixed" (the *_LOSS_WEIGHT / LOSS_WEIGHT / CONSISTENCY_WEIGHT keys) or
+    # "uncertainty" (one learned log-variance per task, Kendall et al. 2018, starting at the
+    # fixed weights; logged as task_weight/<task>).
+    cfg.MODEL.PANOPTIC_CURRICULUM.LOSS_WEIGHTING = "fixed"
     # Panoptic fusion (as Panoptic FPN): instances below this score are dropped.
     cfg.MODEL.PANOPTIC_CURRICULUM.PANOPTIC_INSTANCES_CONFIDENCE_THRESH = 0.5
     # Panoptic fusion: an instance whose visible part overlaps earlier ones by more than

@@ -13,6 +13,7 @@ from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from .augmentations import build_extra_train_augmentation
 from .depth_io import read_depth, read_image, read_intrinsics
 from .transforms import transform_depth, transform_intrinsics
 
@@ -24,7 +25,9 @@ logger = logging.getLogger(__name__)
 def build_rgbd_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
     """detectron2's resize / flip augmentations, preceded at training time by a random crop
     when ``INPUT.CROP.ENABLED`` (category-area constrained when
-    ``INPUT.CROP.SINGLE_CATEGORY_MAX_AREA < 1``)."""
+    ``INPUT.CROP.SINGLE_CATEGORY_MAX_AREA < 1``) and followed at training time by the camera
+    (zoom) and photometric augmentations of ``INPUT.CAMERA_AUG`` / ``INPUT.PHOTOMETRIC``
+    when enabled (see :mod:`.augmentations`)."""
     augs = utils.build_augmentation(cfg, is_train)
     if is_train and cfg.INPUT.CROP.ENABLED:
         max_area = cfg.INPUT.CROP.get("SINGLE_CATEGORY_MAX_AREA", 1.0)
@@ -38,6 +41,8 @@ def build_rgbd_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
         else:
             crop = T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE)
         augs.insert(0, crop)
+    if is_train:
+        augs += build_extra_train_augmentation(cfg)
     return augs
 
 
@@ -150,7 +155,8 @@ class RGBDDatasetMapper:
             "max_depth": cfg.INPUT.DEPTH.MAX_DEPTH,
             "missing_depth": cfg.INPUT.DEPTH.MISSING,
             "instance_mask_format": cfg.INPUT.MASK_FORMAT,
-            "recompute_boxes": is_train and cfg.INPUT.CROP.ENABLED,
+            "recompute_boxes": is_train
+            and (cfg.INPUT.CROP.ENABLED or cfg.INPUT.CAMERA_AUG.ENABLED),
             "num_classes": (
                 cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
                 if cfg.MODEL.PANOPTIC_CURRICULUM.SEM_SEG_ON

@@ -14,6 +14,9 @@ Variants (``VARIANTS``):
 * ``curriculum``: the config's stages (semantic -> instance on the frozen encoder -> merge
   [-> joint]);
 * ``curriculum_no_point``: the same without the point branch (no L_3D-seg, no L_consist);
+* ``curriculum_no_consist``: the point branch on, L_consist weighted 0;
+* ``curriculum_learned_weights``: learned loss weights (homoscedastic uncertainty,
+  ``MODEL.PANOPTIC_CURRICULUM.LOSS_WEIGHTING uncertainty``) instead of the fixed ones;
 * ``joint_scratch``: the whole multi-task model trained jointly from random initialisation;
 * ``semantic_only``, ``instance_only``, ``depth_only``: one task, one model.
 
@@ -84,6 +87,10 @@ def _only(sem: bool, inst: bool, depth: bool) -> List:
 VARIANTS: Dict[str, Variant] = {
     "curriculum": Variant(True),
     "curriculum_no_point": Variant(True, _POINT_OFF),
+    "curriculum_no_consist": Variant(True, ["MODEL.POINT_HEAD.CONSISTENCY_WEIGHT", 0.0]),
+    "curriculum_learned_weights": Variant(
+        True, ["MODEL.PANOPTIC_CURRICULUM.LOSS_WEIGHTING", "uncertainty"]
+    ),
     "joint_scratch": Variant(False),
     "semantic_only": Variant(False, _only(True, False, False), ("sem_seg",)),
     "instance_only": Variant(False, _only(False, True, False), ("segm",)),

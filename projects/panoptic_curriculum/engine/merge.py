@@ -24,6 +24,10 @@ logger = logging.getLogger(__name__)
 #: point branch) and from the instance stage (Mask R-CNN decoder and its feature adapter)
 SEMANTIC_STAGE_PARTS = ("backbone", "sem_seg_head", "depth_head", "point_head")
 INSTANCE_STAGE_PARTS = ("instance_adapter", "proposal_generator", "roi_heads")
+#: learned loss weights (``MODEL.PANOPTIC_CURRICULUM.LOSS_WEIGHTING "uncertainty"``): each
+#: stage owns the log-variances of the tasks it trains (``loss_weighting.log_vars.<task>``),
+#: so the merged model takes each from the stage that has it, the semantic stage first
+LOSS_WEIGHTING_PART = "loss_weighting"
 
 
 def load_model_state(path: str) -> Dict[str, torch.Tensor]:
@@ -59,6 +63,10 @@ def merge_stage_checkpoints(semantic_path: str, instance_path: str, output_path:
     if not decoder:
         raise ValueError(f"{instance_path} has no instance decoder (proposal_generator/roi_heads)")
     merged.update(decoder)
+    for state in (semantic, instance):
+        for k, v in state.items():
+            if _part(k) == LOSS_WEIGHTING_PART and k not in merged:
+                merged[k] = v
     differing = [
         k
         for k, v in instance.items()
@@ -77,7 +85,7 @@ def merge_stage_checkpoints(semantic_path: str, instance_path: str, output_path:
     )
     counts = {
         p: sum(1 for k in merged if _part(k) == p)
-        for p in SEMANTIC_STAGE_PARTS + INSTANCE_STAGE_PARTS
+        for p in SEMANTIC_STAGE_PARTS + INSTANCE_STAGE_PARTS + (LOSS_WEIGHTING_PART,)
     }
     logger.info("Merged checkpoint written to %s (tensors per part: %s)", output_path, counts)
     return merged

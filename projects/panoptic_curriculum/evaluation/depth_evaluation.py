@@ -25,6 +25,12 @@ Two aggregation conventions are reported:
 * ``"depth_pooled"`` (optional): the metrics over the union of all valid pixels of all images
   (every pixel weighs the same).
 
+With ``diagnostics`` (default), the task ``"depth_diagnostics"`` adds where the error lies and
+what kind it is: metrics per ground-truth distance bin, near against far, the scale part
+against the shape part of the error (per-image median ratio, the two terms of the
+scale-invariant log error, metrics after median scaling) and metrics per camera focal-length
+bin; see :mod:`.depth_diagnostics` for every key. They are also logged as tables.
+
 Images whose dataset dict has no ``"depth_file_name"`` (e.g. COCO) are skipped and counted as
 ``num_images_no_depth``; images with depth but without any valid pixel are skipped and counted
 as ``num_images_skipped``.
@@ -36,7 +42,7 @@ import math
 import os
 import tempfile
 from collections import OrderedDict
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -45,6 +51,13 @@ from detectron2.utils import comm
 from detectron2.utils.logger import create_small_table
 
 from ..data.depth_io import read_depth
+from .depth_diagnostics import (
+    DEFAULT_DISTANCE_BINS,
+    aggregate_diagnostics,
+    check_bin_edges,
+    diagnostics_tables,
+    image_diagnostics,
+)
 
 __all__ = ["DepthEvaluator", "METRIC_NAMES", "DELTA_THRESHOLDS"]
 
@@ -88,6 +101,10 @@ class DepthEvaluator(DatasetEvaluator):
         distributed: bool = True,
         output_dir: Optional[str] = None,
         pooled: bool = True,
+        diagnostics: bool = True,
+        distance_bins: Sequence[float] = DEFAULT_DISTANCE_BINS,
+        near_far_threshold: float = 10.0,
+        focal_bins: Optional[Sequence[float]] = None,
     ):
         """
         Args:
@@ -100,6 +117,13 @@ class DepthEvaluator(DatasetEvaluator):
             output_dir: if given, :meth:`evaluate` writes ``depth_evaluation.json`` there
                 (per-image metrics and the summaries).
             pooled: also report the pixel-pooled metrics as the ``"depth_pooled"`` task.
+            diagnostics: also report the ``"depth_diagnostics"`` task.
+            distance_bins: edges (metres, increasing, >= 0) of the ground-truth distance
+                bins ``[e_k, e_{k+1})``; the last bin is open-ended (default 0-5, 5-10,
+                10-20, 20-40, >40 m).
+            near_far_threshold: ground truth below it (metres) is "near", the rest "far".
+            focal_bins: edges (pixels, increasing) of the focal-length bins, ``fx`` of the
+                original image; None: the tertiles of the evaluated images' ``fx``.
         """
         min_depth, max_depth = float(min_depth), float(max_depth)
         if not (0.0 < min_depth < max_depth) or not math.isfinite(max_depth):
@@ -113,6 +137,17 @@ class DepthEvaluator(DatasetEvaluator):
         self._distributed = distributed
         self._output_dir = output_dir
         self._pooled = pooled
+        self._diagnostics = diagnostics
+        self._distance_bins = check_bin_edges(distance_bins, "DepthEvaluator distance_bins")
+        if not (math.isfinite(near_far_threshold) and near_far_threshold > 0):
+            raise ValueError(
+                f"DepthEvaluator near_far_threshold must be a positive number of metres, got "
+                f"{near_far_threshold}"
+            )
+        self._near_far = float(near_far_threshold)
+        self._focal_bins = (
+            None if focal_bins is None else check_bin_edges(focal_bins, "DepthEvaluator focal_bins")
+        )
         self._logger = logging.getLogger(__name__)
         self.reset()
 
@@ -120,6 +155,19 @@ class DepthEvaluator(DatasetEvaluator):
         """Forget everything processed so far."""
         self._records: List[dict] = []  # one per image with depth, see _image_record
         self._num_no_depth = 0  # inputs without "depth_file_name"
+
+    @staticmethod
+    def _original_fx(input: dict) -> Optional[float]:
+        """``fx`` (pixels) of the original image: the mapped input's K was resized with the
+        image, so it is scaled back by ``width / network input width``; None without K."""
+        K = input.get("intrinsics")
+        if K is None:
+            return None
+        K = torch.as_tensor(K, dtype=torch.float64)
+        scale = 1.0
+        if "image" in input and "width" in input:
+            scale = float(input["width"]) / float(input["image"].shape[-1])
+        return float(K[0, 0]) * scale
 
     def _image_record(self, input: dict, pred: torch.Tensor) -> dict:
         """Per-image record: identifiers, valid-pixel count and float64 sums over valid pixels.
@@ -161,6 +209,14 @@ class DepthEvaluator(DatasetEvaluator):
         for key, thr in zip(("d1", "d2", "d3"), DELTA_THRESHOLDS):
             sums[key] = (ratio < thr).sum()
         record["sums"] = {k: float(v) for k, v in sums.items()}
+        if self._diagnostics:
+            record["diagnostics"] = image_diagnostics(
+                p,
+                g,
+                distance_bins=self._distance_bins,
+                near_far_threshold=self._near_far,
+                fx=self._original_fx(input),
+            )
         return record
 
     def process(self, inputs: List[dict], outputs: List[dict]):
@@ -239,6 +295,12 @@ class DepthEvaluator(DatasetEvaluator):
                 else {m: float("nan") for m in METRIC_NAMES}
             )
             results["depth_pooled"] = {**pooled, "num_pixels": total}
+        if self._diagnostics:
+            results["depth_diagnostics"] = aggregate_diagnostics(
+                [r["diagnostics"] for r in evaluated],
+                distance_bins=self._distance_bins,
+                focal_bins=self._focal_bins,
+            )
 
         self._logger.info(
             f"Depth evaluation on {name} (per-image averaged, range "
@@ -249,6 +311,11 @@ class DepthEvaluator(DatasetEvaluator):
                 f"Depth evaluation on {name} (pixel-pooled):\n"
                 + create_small_table(results["depth_pooled"])
             )
+        if self._diagnostics:
+            self._logger.info(
+                f"Depth error diagnostics on {name}:\n"
+                + diagnostics_tables(results["depth_diagnostics"], self._distance_bins)
+            )
         if self._output_dir:
             per_image_out = [
                 {
@@ -256,6 +323,11 @@ class DepthEvaluator(DatasetEvaluator):
                     "depth_file_name": r["depth_file_name"],
                     "num_pixels": r["num_pixels"],
                     **(_metrics_from_sums(r["sums"], r["num_pixels"]) if r["num_pixels"] else {}),
+                    **{
+                        k: v
+                        for k, v in r.get("diagnostics", {}).items()
+                        if k not in ("bins", "near_far", "abs_rel", "d1")
+                    },
                 }
                 for r in records
             ]

@@ -24,6 +24,7 @@ from ..config_validation import validate_config
 from ..geometry import backproject_pixels, check_intrinsics, resize_intrinsics
 from .depth_head import build_depth_head
 from .instance_adapter import build_instance_adapter
+from .loss_weighting import LOSS_WEIGHTING_MODES, UncertaintyLossWeighting
 from .point_head import build_point_head, consistency_loss, point_cross_entropy, sample_pixels
 from .postprocessing import fuse_panoptic, instance_depth_and_centroid
 
@@ -85,7 +86,8 @@ class PanopticCurriculumModel(nn.Module):
 
     Training returns weighted losses: ``loss_sem_seg`` (L_2D-seg), ``loss_depth``,
     ``loss_sem_seg_3d`` (L_3D-seg), ``loss_consistency`` (L_consist) and Mask R-CNN's
-    ``loss_rpn_cls``, ``loss_rpn_loc``, ``loss_cls``, ``loss_box_reg``, ``loss_mask``.
+    ``loss_rpn_cls``, ``loss_rpn_loc``, ``loss_cls``, ``loss_box_reg``, ``loss_mask``; with
+    learned weights (``loss_weighting="uncertainty"``) also ``loss_uncertainty_reg``.
 
     The point branch back-projects the *predicted* depth at ``num_points`` pixels per image
     (pixels inside the image with valid ground-truth depth and a label) with the image's K,
@@ -127,6 +129,7 @@ class PanopticCurriculumModel(nn.Module):
         panoptic_overlap_threshold: float = 0.5,
         panoptic_stuff_area_limit: int = 64,
         panoptic_score_threshold: float = 0.5,
+        loss_weighting: str = "fixed",
     ):
         """
         Args:
@@ -154,6 +157,11 @@ class PanopticCurriculumModel(nn.Module):
             thing_to_sem: semantic class id of each thing class (panoptic fusion).
             panoptic_*: Panoptic FPN fusion thresholds (overlap fraction, stuff area in
                 pixels, instance score).
+            loss_weighting: "fixed" (the weights above) or "uncertainty": one learned
+                log-variance per task, starting at the fixed weights (see
+                :mod:`.loss_weighting`); the module ``loss_weighting`` then holds them, the
+                regulariser is returned as ``loss_uncertainty_reg`` and the current weights
+                go to the EventStorage as ``task_weight/<task>``.
         """
         super().__init__()
         if (proposal_generator is None) != (roi_heads is None):
@@ -185,6 +193,24 @@ class PanopticCurriculumModel(nn.Module):
         self.panoptic_overlap_threshold = panoptic_overlap_threshold
         self.panoptic_stuff_area_limit = panoptic_stuff_area_limit
         self.panoptic_score_threshold = panoptic_score_threshold
+        if loss_weighting not in LOSS_WEIGHTING_MODES:
+            raise ValueError(
+                f"MODEL.PANOPTIC_CURRICULUM.LOSS_WEIGHTING must be one of "
+                f"{LOSS_WEIGHTING_MODES}, got {loss_weighting!r}"
+            )
+        self.loss_weighting = None
+        if loss_weighting == "uncertainty":
+            fixed = {}
+            if sem_seg_head is not None:
+                fixed["sem_seg"] = sem_seg_loss_weight
+            if roi_heads is not None:
+                fixed["instance"] = instance_loss_weight
+            if depth_head is not None:
+                fixed["depth"] = float(getattr(depth_head, "loss_weight", 1.0))
+            if point_head is not None:
+                fixed["sem_seg_3d"] = point_loss_weight
+                fixed["consistency"] = consistency_weight
+            self.loss_weighting = UncertaintyLossWeighting(fixed)
 
     @classmethod
     def from_config(cls, cfg):
@@ -234,6 +260,7 @@ class PanopticCurriculumModel(nn.Module):
             "panoptic_overlap_threshold": pc.PANOPTIC_OVERLAP_THRESH,
             "panoptic_stuff_area_limit": pc.PANOPTIC_STUFF_AREA_LIMIT,
             "panoptic_score_threshold": pc.PANOPTIC_INSTANCES_CONFIDENCE_THRESH,
+            "loss_weighting": pc.LOSS_WEIGHTING,
         }
 
     @property
@@ -388,6 +415,11 @@ class PanopticCurriculumModel(nn.Module):
                 out["point_valid"].float().mean(),
                 smoothing_hint=True,
             )
+        if self.loss_weighting is not None:
+            losses = self.loss_weighting(losses)
+            storage = get_event_storage()
+            for task, weight in self.loss_weighting.weights().items():
+                storage.put_scalar(f"task_weight/{task}", weight, smoothing_hint=False)
         _raise_if_not_finite(losses)
         return losses
 

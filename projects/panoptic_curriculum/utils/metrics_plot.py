@@ -34,6 +34,8 @@ __all__ = [
     "load_run",
     "is_loss_key",
     "is_metric_key",
+    "is_weight_key",
+    "plot_task_weights",
     "plotted_keys",
     "key_to_filename",
     "plot_key",
@@ -122,6 +124,15 @@ def is_metric_key(key: str) -> bool:
     return "/" in key
 
 
+def is_weight_key(key: str) -> bool:
+    """Learned loss weights (``task_weight/<task>``): a per-iteration training series."""
+    return key.startswith("task_weight/")
+
+
+def _is_training_series(key: str) -> bool:
+    return is_loss_key(key) or is_weight_key(key)
+
+
 def _scalar_series(records: Sequence[Dict]) -> Dict[str, Dict[int, float]]:
     """key -> {iteration: value}; a later record for the same iteration wins (a resumed run
     rewrites the iterations after its checkpoint)."""
@@ -192,17 +203,25 @@ def _segments(run: Run, key: str, split_stages: bool) -> List[List[Tuple[float, 
     return segments
 
 
+#: metric groups left out unless asked for by a pattern (dozens of keys each)
+DIAGNOSTIC_PREFIXES = ("depth_diagnostics/",)
+
+
 def plotted_keys(runs: Sequence[Run], patterns: Optional[Sequence[str]] = None) -> List[str]:
     """Keys to plot, sorted (losses first): every loss (``loss_*``, ``total_loss``) and every
-    metric (a ``/`` in the key) of any run; with ``patterns`` (fnmatch, e.g. ``"loss_*"``,
-    ``"sem_seg/*"``), every key of any run that matches one of them instead."""
+    metric (a ``/`` in the key) of any run, except the depth diagnostics
+    (``depth_diagnostics/*``); with ``patterns`` (fnmatch, e.g. ``"loss_*"``,
+    ``"sem_seg/*"``, ``"depth_diagnostics/*"``), every key of any run that matches one of
+    them instead."""
     keys = set()
     for run in runs:
         for key in run.series:
             if patterns:
                 if any(fnmatch.fnmatchcase(key, p) for p in patterns):
                     keys.add(key)
-            elif is_loss_key(key) or is_metric_key(key):
+            elif (is_loss_key(key) or is_metric_key(key)) and not key.startswith(
+                DIAGNOSTIC_PREFIXES
+            ):
                 keys.add(key)
     return sorted(keys, key=lambda k: (not is_loss_key(k), k != "total_loss", k))
 
@@ -232,9 +251,9 @@ def plot_key(key: str, runs: Sequence[Run], path: str) -> None:
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, run in enumerate(runs):
         # a loss means something else in each stage (other heads train): no line across them
-        segments = _segments(run, key, split_stages=is_loss_key(key))
+        segments = _segments(run, key, split_stages=_is_training_series(key))
         num_points = sum(len(s) for s in segments)
-        marker = "o" if num_points <= 30 or not is_loss_key(key) else None
+        marker = "o" if num_points <= 30 or not _is_training_series(key) else None
         for k, segment in enumerate(segments):
             xs, ys = zip(*segment)
             ax.plot(
@@ -269,6 +288,44 @@ def plot_key(key: str, runs: Sequence[Run], path: str) -> None:
         ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
+
+
+def plot_task_weights(runs: Sequence[Run], path: str) -> bool:
+    """One figure with every learned loss weight (``task_weight/<task>``, log scale) of every
+    run; returns False (and writes nothing) when no run has one."""
+    keys = sorted({k for run in runs for k in run.series if is_weight_key(k)})
+    if not keys:
+        return False
+    fig = Figure(figsize=(8, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = ["-", "--", ":", "-."]
+    for i, key in enumerate(keys):
+        for j, run in enumerate(runs):
+            for k, segment in enumerate(_segments(run, key, split_stages=True)):
+                xs, ys = zip(*segment)
+                label = key.split("/", 1)[1] + (f" ({run.name})" if len(runs) > 1 else "")
+                ax.plot(
+                    xs,
+                    ys,
+                    linestyle=styles[j % len(styles)],
+                    linewidth=1.2,
+                    color=colors[i % len(colors)],
+                    label=label if k == 0 else None,
+                )
+    for run in runs:
+        for x, label in _stage_boundaries(run):
+            ax.axvline(x, color="0.35", linestyle="--", linewidth=0.9, alpha=0.6)
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("weight exp(-s)")
+    ax.set_title("learned loss weights (uncertainty weighting)")
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    return True
 
 
 def _unique_names(runs: Sequence[Run]) -> None:
@@ -313,4 +370,8 @@ def plot_runs(
         path = os.path.join(output_dir, name)
         plot_key(key, runs, path)
         written[key] = path
+    if not patterns or any(fnmatch.fnmatchcase("task_weight/x", p) for p in patterns):
+        path = os.path.join(output_dir, "task_weights.png")
+        if plot_task_weights(runs, path):
+            written["task_weight/*"] = path
     return written

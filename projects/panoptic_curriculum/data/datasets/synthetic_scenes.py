@@ -25,7 +25,7 @@ import logging
 import os
 import shutil
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import cv2
 import numpy as np
@@ -38,7 +38,13 @@ from detectron2.structures import BoxMode
 
 from ...utils.atomic_io import disk_full_error, remove_abandoned_folders
 from ..depth_io import DEPTH_DECODERS, as_intrinsics, encode_depth_png_mm, read_json
-from ..synthetic.generator import CATEGORIES, IGNORE_LABEL, render_scene, sample_scene
+from ..synthetic.generator import (
+    CATEGORIES,
+    IGNORE_LABEL,
+    SceneRanges,
+    render_scene,
+    sample_scene,
+)
 from .label_subsets import register_label_subset
 
 __all__ = [
@@ -50,6 +56,7 @@ __all__ = [
     "generate_synthetic_scenes",
     "load_synthetic_scenes",
     "get_synthetic_scenes_metadata",
+    "make_synthetic_split",
 ]
 
 logger = logging.getLogger(__name__)
@@ -57,10 +64,38 @@ logger = logging.getLogger(__name__)
 #: bump when the generator's output changes, so cached splits are regenerated
 GENERATOR_VERSION = 3
 
-#: registered splits: name -> (folder, number of images, seed, height, width)
+#: camera ranges of the shifted validation split: other lenses, rig heights and pitches
+#: (training: 55-80 degrees, 1.45-1.6 m, 3-6 degrees)
+SHIFTED_CAMERA_RANGES = dict(
+    hfov_deg=(40.0, 100.0), camera_height_m=(0.9, 2.3), pitch_deg=(0.0, 12.0)
+)
+#: lighting ranges of the shifted validation split: other exposure, white balance, ambient
+#: (training: 1, neutral, 0.35)
+SHIFTED_LIGHTING_RANGES = dict(
+    exposure=(0.55, 1.5), white_balance=(0.7, 1.35), ambient=(0.15, 0.6)
+)
+
+#: registered splits: name -> (folder, number of images, seed, height, width[, ranges])
 SYNTHETIC_SPLITS = {
     "synthetic_scenes_train": dict(split="train", num_images=400, seed=0, height=192, width=256),
     "synthetic_scenes_val": dict(split="val", num_images=100, seed=1, height=192, width=256),
+    # validation scenes under distribution shift (other seeds, other camera / lighting ranges)
+    "synthetic_scenes_shifted_camera": dict(
+        split="shifted_camera",
+        num_images=100,
+        seed=11,
+        height=192,
+        width=256,
+        ranges=SHIFTED_CAMERA_RANGES,
+    ),
+    "synthetic_scenes_shifted_lighting": dict(
+        split="shifted_lighting",
+        num_images=100,
+        seed=12,
+        height=192,
+        width=256,
+        ranges=SHIFTED_LIGHTING_RANGES,
+    ),
 }
 
 #: label-partial halves of the training split, for a curriculum with labels from different
@@ -119,9 +154,15 @@ def _rle(mask: np.ndarray) -> Dict:
 
 
 def generate_synthetic_scenes(
-    out_dir: str, num_images: int, seed: int, height: int, width: int
+    out_dir: str,
+    num_images: int,
+    seed: int,
+    height: int,
+    width: int,
+    ranges: Optional[SceneRanges] = None,
 ) -> float:
-    """Render ``num_images`` scenes into ``out_dir`` (created; must not exist).
+    """Render ``num_images`` scenes into ``out_dir`` (created; must not exist), with camera
+    and lighting drawn from ``ranges`` (default: :class:`SceneRanges`).
 
     Returns:
         generation rate in images per second (rendering and writing).
@@ -134,7 +175,7 @@ def generate_synthetic_scenes(
     ann_id = 1
     for idx in range(num_images):
         rng = np.random.default_rng([seed, idx])
-        sample = render_scene(sample_scene(rng, height, width), height, width, rng)
+        sample = render_scene(sample_scene(rng, height, width, ranges), height, width, rng)
         stem = f"{idx:06d}"
         _write_png(os.path.join(out_dir, "image", stem + ".png"), sample.image[:, :, ::-1])
         _write_png(os.path.join(out_dir, "depth", stem + ".png"), encode_depth_png_mm(sample.depth))
@@ -240,10 +281,14 @@ def generate_synthetic_scenes(
 
 
 def _spec(params: Dict) -> Dict:
-    return {
+    spec = {
         "version": GENERATOR_VERSION,
         **{k: params[k] for k in ("num_images", "seed", "height", "width")},
     }
+    changed = SceneRanges.from_dict(params.get("ranges")).changed()
+    if changed:  # default splits keep the spec (and the cached files) of earlier versions
+        spec["ranges"] = changed
+    return spec
 
 
 def ensure_generated(split_dir: str, params: Dict) -> None:
@@ -271,7 +316,12 @@ def ensure_generated(split_dir: str, params: Dict) -> None:
         logger.info("Generating %d synthetic scenes into %s ...", spec["num_images"], split_dir)
         try:
             rate = generate_synthetic_scenes(
-                tmp, spec["num_images"], spec["seed"], spec["height"], spec["width"]
+                tmp,
+                spec["num_images"],
+                spec["seed"],
+                spec["height"],
+                spec["width"],
+                SceneRanges.from_dict(spec.get("ranges")),
             )
             with open(os.path.join(tmp, "spec.json"), "w") as f:
                 json.dump(spec, f)
@@ -373,12 +423,21 @@ def _panoptic_by_image(panoptic_file: str) -> Dict[int, Dict]:
 
 
 def register_synthetic_scenes(
-    name: str, root: str, split: str, num_images: int, seed: int, height: int, width: int
+    name: str,
+    root: str,
+    split: str,
+    num_images: int,
+    seed: int,
+    height: int,
+    width: int,
+    ranges: Optional[Dict] = None,
 ) -> None:
     """Register a synthetic-scenes split as ``name`` (generated lazily under
-    ``<root>/synthetic_scenes/<split>``). Other sizes, seeds and counts can be registered
-    under new names the same way."""
-    params = dict(num_images=num_images, seed=seed, height=height, width=width)
+    ``<root>/synthetic_scenes/<split>``). Other sizes, seeds, counts and camera / lighting
+    ``ranges`` (``{name: (low, high)}`` of :class:`SceneRanges`) can be registered under new
+    names the same way."""
+    ranges = SceneRanges.from_dict(ranges).changed()  # checked now, not at first use
+    params = dict(num_images=num_images, seed=seed, height=height, width=width, ranges=ranges)
     split_dir = os.path.join(root, "synthetic_scenes", split)
     DatasetCatalog.register(
         name,
@@ -392,16 +451,79 @@ def register_synthetic_scenes(
         panoptic_root=os.path.join(split_dir, "panoptic"),
         panoptic_json=os.path.join(split_dir, "panoptic.json"),
         json_file=os.path.join(split_dir, "instances.json"),
+        scene_ranges=ranges,
         **get_synthetic_scenes_metadata(),
     )
 
 
 def register_all_synthetic_scenes(root: str) -> None:
-    """Register ``synthetic_scenes_train`` and ``synthetic_scenes_val`` under ``root``, and
-    the label-partial halves of the training split (:data:`SYNTHETIC_LABEL_SUBSETS`)."""
+    """Register the splits of :data:`SYNTHETIC_SPLITS` under ``root``, the label-partial
+    halves of the training split (:data:`SYNTHETIC_LABEL_SUBSETS`), and every other complete
+    split found in ``<root>/synthetic_scenes/`` (written by ``tools/make_shifted_scenes.py``)
+    as ``synthetic_scenes_<folder>``."""
     for name, params in SYNTHETIC_SPLITS.items():
         if name in DatasetCatalog.list():
             continue
         register_synthetic_scenes(name, root, **params)
     for name, args in SYNTHETIC_LABEL_SUBSETS.items():
         register_label_subset(name, **args)
+    base = os.path.join(root, "synthetic_scenes")
+    known = {p["split"] for p in SYNTHETIC_SPLITS.values()}
+    for split in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        spec_file = os.path.join(base, split, "spec.json")
+        name = f"synthetic_scenes_{split}"
+        if (
+            split in known
+            or ".partial-" in split
+            or name in DatasetCatalog.list()
+            or not os.path.isfile(spec_file)
+        ):
+            continue
+        try:
+            with open(spec_file) as f:
+                spec = json.load(f)
+            params = {k: spec[k] for k in ("num_images", "seed", "height", "width")}
+            register_synthetic_scenes(name, root, split, ranges=spec.get("ranges"), **params)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            logger.warning("not registering %s: unreadable %s (%s)", name, spec_file, e)
+
+
+def make_synthetic_split(
+    root: str,
+    split: str,
+    *,
+    num_images: int,
+    seed: int,
+    height: int = 192,
+    width: int = 256,
+    ranges: Optional[Dict] = None,
+) -> str:
+    """Generate the split ``<root>/synthetic_scenes/<split>`` now (replacing a copy made
+    with other parameters), register it as ``synthetic_scenes_<split>`` and return that name;
+    later processes register it by themselves (:func:`register_all_synthetic_scenes`).
+
+    Raises:
+        ValueError: a split name of the built-in splits or one that is not a plain folder
+            name, non-positive sizes, or bad ``ranges`` (naming the valid ones).
+    """
+    builtin = sorted(p["split"] for p in SYNTHETIC_SPLITS.values())
+    if split in builtin or not split or os.sep in split or split.startswith("."):
+        raise ValueError(
+            f"split name {split!r} must be a plain folder name other than the built-in "
+            f"splits {builtin}"
+        )
+    if min(num_images, height, width) <= 0:
+        raise ValueError(
+            f"num_images, height and width must be positive, got {num_images}, {height}, {width}"
+        )
+    name = f"synthetic_scenes_{split}"
+    changed = SceneRanges.from_dict(ranges).changed()
+    params = dict(num_images=num_images, seed=seed, height=height, width=width, ranges=changed)
+    ensure_generated(os.path.join(root, "synthetic_scenes", split), params)
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    register_synthetic_scenes(name, root, split, ranges=changed, **{
+        k: params[k] for k in ("num_images", "seed", "height", "width")
+    })
+    return name

@@ -18,12 +18,19 @@ its origin at the camera centre, ``y`` pointing down (the ground is the plane
 by ``pitch`` about the ``x`` axis. Pixel convention: see :mod:`panoptic_curriculum.geometry`.
 """
 
-from dataclasses import dataclass, field
-from typing import Dict, List
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["CATEGORIES", "SceneSample", "sample_scene", "render_scene", "IGNORE_LABEL"]
+__all__ = [
+    "CATEGORIES",
+    "SceneRanges",
+    "SceneSample",
+    "sample_scene",
+    "render_scene",
+    "IGNORE_LABEL",
+]
 
 #: Categories in contiguous-id order (things first); "id" is the 1-based dataset id used in
 #: the COCO-format JSON files.
@@ -51,6 +58,72 @@ _CRATE_SIDE = (0.45, 0.65)
 _CONTAINER_SIDE = (1.2, 1.7)
 _PILLAR_RADIUS = (0.18, 0.3)
 _PILLAR_HEIGHT = (1.6, 2.6)
+
+
+@dataclass(frozen=True)
+class SceneRanges:
+    """Ranges ``(low, high)`` the per-image camera and lighting are drawn from (uniformly).
+
+    The defaults are those of the embedded dataset; other ranges give shifted scenes (other
+    lenses, rigs, lighting) to test generalisation. With the default lighting ranges no
+    lighting parameter is drawn at all, so default scenes are exactly those of earlier
+    versions, and a lighting-only shift keeps each scene's geometry (same seed, relit).
+
+    Attributes:
+        hfov_deg: horizontal field of view, degrees (the focal length follows from it and
+            the image width).
+        camera_height_m: camera height above the ground, metres.
+        pitch_deg: downward pitch of the camera, degrees.
+        exposure: global gain of the rendered radiance (1: as rendered).
+        white_balance: gains of the red and of the blue channel (each drawn) relative to
+            green (1: neutral).
+        ambient: share of the light that surfaces facing away from the sun still receive.
+    """
+
+    hfov_deg: Tuple[float, float] = (55.0, 80.0)
+    camera_height_m: Tuple[float, float] = (1.45, 1.6)
+    pitch_deg: Tuple[float, float] = (3.0, 6.0)
+    exposure: Tuple[float, float] = (1.0, 1.0)
+    white_balance: Tuple[float, float] = (1.0, 1.0)
+    ambient: Tuple[float, float] = (0.35, 0.35)
+
+    def __post_init__(self):
+        limits = {
+            "hfov_deg": (1.0, 170.0),
+            "camera_height_m": (0.05, 100.0),
+            "pitch_deg": (-45.0, 80.0),
+            "exposure": (0.01, 100.0),
+            "white_balance": (0.01, 100.0),
+            "ambient": (0.0, 1.0),
+        }
+        for name, (lo_ok, hi_ok) in limits.items():
+            value = tuple(float(v) for v in getattr(self, name))
+            if len(value) != 2 or not (lo_ok <= value[0] <= value[1] <= hi_ok):
+                raise ValueError(
+                    f"scene range {name} must be (low, high) with {lo_ok} <= low <= high <= "
+                    f"{hi_ok}, got {getattr(self, name)}"
+                )
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_dict(cls, values: Optional[Dict]) -> "SceneRanges":
+        """From ``{name: [low, high]}`` (missing names keep their defaults)."""
+        values = dict(values or {})
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(
+                f"unknown scene range(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}"
+            )
+        return cls(**{k: tuple(v) for k, v in values.items()})
+
+    def changed(self) -> Dict[str, List[float]]:
+        """The ranges that differ from the defaults, as ``{name: [low, high]}``."""
+        default = SceneRanges()
+        return {k: list(v) for k, v in asdict(self).items() if v != getattr(default, k)}
+
+    def shifts_lighting(self) -> bool:
+        """Whether a lighting range differs from the default (lighting is then drawn)."""
+        return any(k in self.changed() for k in ("exposure", "white_balance", "ambient"))
 
 
 @dataclass
@@ -105,9 +178,13 @@ def _sample_albedo(rng, kind):
     return _hsv_to_rgb(rng.uniform(*pal["hue"]), rng.uniform(*pal["sat"]), rng.uniform(*pal["val"]))
 
 
-def sample_scene(rng: np.random.Generator, height: int, width: int) -> Dict:
-    """Sample camera and objects of one scene (no rendering)."""
-    hfov = np.deg2rad(rng.uniform(55.0, 80.0))
+def sample_scene(
+    rng: np.random.Generator, height: int, width: int, ranges: Optional[SceneRanges] = None
+) -> Dict:
+    """Sample camera and objects of one scene (no rendering); ``ranges`` (default:
+    :class:`SceneRanges`) bounds the camera and lighting."""
+    ranges = ranges or SceneRanges()
+    hfov = np.deg2rad(rng.uniform(*ranges.hfov_deg))
     fx = (width / 2.0) / np.tan(hfov / 2.0)
     fy = fx * rng.uniform(0.98, 1.02)
     cx = (width - 1) / 2.0 + rng.normal(0.0, 0.03 * width)
@@ -115,8 +192,8 @@ def sample_scene(rng: np.random.Generator, height: int, width: int) -> Dict:
     K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
     # a vehicle-mounted rig: height and pitch vary a little (monocular metric depth needs a
     # known ground geometry), the lens (K) varies a lot
-    cam_height = rng.uniform(1.45, 1.6)
-    pitch = np.deg2rad(rng.uniform(3.0, 6.0))
+    cam_height = rng.uniform(*ranges.camera_height_m)
+    pitch = np.deg2rad(rng.uniform(*ranges.pitch_deg))
     wall_dist = rng.uniform(16.0, 30.0)
     wall_height = rng.uniform(2.0, 7.0)
 
@@ -151,7 +228,24 @@ def sample_scene(rng: np.random.Generator, height: int, width: int) -> Dict:
                 _sample_albedo(rng, kind),
             )
         )
+    lighting = {}
+    if ranges.shifts_lighting():
+        # from a child stream: the scene itself (geometry, albedos, sensor noise) is the one
+        # the same seed gives with the training lighting, so relit scenes pair with them
+        light_rng = np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])
+        lighting = dict(
+            exposure=light_rng.uniform(*ranges.exposure),
+            white_balance=np.array(
+                [
+                    light_rng.uniform(*ranges.white_balance),
+                    1.0,
+                    light_rng.uniform(*ranges.white_balance),
+                ]
+            ),
+            ambient=light_rng.uniform(*ranges.ambient),
+        )
     return dict(
+        **lighting,
         K=K,
         cam_height=cam_height,
         pitch=pitch,
@@ -282,7 +376,11 @@ def render_scene(
     # Shading.
     normal = np.stack(normals)[np.maximum(surface, 0), np.arange(num_pix)]
     light = scene["light"]
-    shade = 0.35 + 0.65 * np.clip(normal @ (-light), 0.0, 1.0)
+    if "ambient" in scene:
+        amb = scene["ambient"]
+        shade = amb + (1.0 - amb) * np.clip(normal @ (-light), 0.0, 1.0)
+    else:
+        shade = 0.35 + 0.65 * np.clip(normal @ (-light), 0.0, 1.0)
     points = d * depth[:, None]
     albedo = np.zeros((num_pix, 3))
     checker = (
@@ -298,6 +396,8 @@ def render_scene(
     sky_rows = (v.ravel() / max(height - 1, 1))[:, None]
     sky = (1 - sky_rows) * np.array([0.35, 0.6, 0.95]) + sky_rows * np.array([0.75, 0.85, 0.97])
     rgb = np.where(hit[:, None], rgb, sky)
+    if "exposure" in scene:  # the camera's response: exposure and white balance
+        rgb = rgb * (scene["exposure"] * scene["white_balance"])
     rgb = rgb + rng.normal(0.0, 0.015, size=rgb.shape)
     image = (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).reshape(height, width, 3)
 
@@ -319,6 +419,10 @@ def render_scene(
         "pitch_deg": float(np.rad2deg(p)),
         "hfov_deg": float(np.rad2deg(scene["hfov"])),
     }
+    if "exposure" in scene:
+        camera["exposure"] = float(scene["exposure"])
+        camera["white_balance_rgb"] = [float(v) for v in scene["white_balance"]]
+        camera["ambient"] = float(scene["ambient"])
     return SceneSample(
         image=image,
         depth=depth.reshape(height, width).astype(np.float32),
