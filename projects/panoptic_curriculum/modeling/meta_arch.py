@@ -20,6 +20,7 @@ from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_pos
 from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 
+from ..device import check_device
 from ..geometry import backproject_pixels, check_intrinsics, resize_intrinsics
 from .depth_head import build_depth_head
 from .point_head import build_point_head, consistency_loss, point_cross_entropy, sample_pixels
@@ -179,6 +180,7 @@ class PanopticCurriculumModel(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
+        check_device(cfg)  # a clear error before detectron2 moves the model there
         pc = cfg.MODEL.PANOPTIC_CURRICULUM
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
