@@ -93,3 +93,44 @@ def fake_sample(h=64, w=96, num_instances=2, seed=0, with_depth=True, depth_valu
         d["depth"] = depth
         d["intrinsics"] = torch.tensor([[80.0, 0, (w - 1) / 2], [0, 80.0, (h - 1) / 2], [0, 0, 1]])
     return d
+
+
+def tiny_curriculum_cfg(split, out_dir, *overrides):
+    """``tiny_cfg`` trained and evaluated on the dataset ``split`` under ``out_dir``: batches
+    of 2 images at 96 px, no warm-up, 3 iterations per training stage, 1 data worker."""
+    return tiny_cfg(
+        "configs/synthetic/curriculum_R18_FPN.yaml",
+        *[
+            "DATASETS.TRAIN",
+            (split,),
+            "DATASETS.TEST",
+            (split,),
+            "OUTPUT_DIR",
+            str(out_dir),
+            "SOLVER.IMS_PER_BATCH",
+            2,
+            "DATALOADER.NUM_WORKERS",
+            0,
+            "SEED",
+            0,
+            "INPUT.MIN_SIZE_TRAIN",
+            (96,),
+            "INPUT.MAX_SIZE_TRAIN",
+            200,
+            "INPUT.MIN_SIZE_TEST",
+            96,
+            "INPUT.MAX_SIZE_TEST",
+            200,
+            "INPUT.CROP.SIZE",
+            (64, 96),
+            "SOLVER.WARMUP_ITERS",
+            0,
+            "CURRICULUM.SEMANTIC_ITER",
+            3,
+            "CURRICULUM.INSTANCE_ITER",
+            3,
+            "SOLVER.CHECKPOINT_PERIOD",
+            100,
+            *overrides,
+        ],
+    )

@@ -1,11 +1,15 @@
-"""The transfer-then-merge curriculum: stage configs, freezing, merge equality, exact resume,
-atomic checkpoints, non-finite losses."""
+"""The transfer-then-merge curriculum: stage configs, run records, the summary, evaluating a
+curriculum folder, freezing, merge equality, exact resume, atomic checkpoints, non-finite
+losses. Re-runs with changed configs and other bad inputs: tests/hostile_inputs/."""
 
+import glob
 import json
 import os
+import shutil
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -13,8 +17,10 @@ from detectron2.engine import HookBase
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.utils.events import EventStorage
 
+from panoptic_curriculum import load_config
 from panoptic_curriculum.engine import (
     PanopticCurriculumTrainer,
+    evaluate_run,
     freeze_modules,
     merge_stage_checkpoints,
     run_curriculum,
@@ -22,49 +28,14 @@ from panoptic_curriculum.engine import (
 )
 from panoptic_curriculum.engine.checkpoint import AtomicCheckpointer
 from panoptic_curriculum.engine.merge import load_model_state
+from panoptic_curriculum.engine.run_record import training_items
 from panoptic_curriculum.data.dataset_mapper import RGBDDatasetMapper
 
-from model_utils import fake_sample, tiny_cfg
+from model_utils import fake_sample, tiny_cfg, tiny_curriculum_cfg
 
 
 def _cfg(split, out_dir, *overrides):
-    cfg = tiny_cfg(
-        "configs/synthetic/curriculum_R18_FPN.yaml",
-        *[
-            "DATASETS.TRAIN",
-            (split,),
-            "DATASETS.TEST",
-            (split,),
-            "OUTPUT_DIR",
-            str(out_dir),
-            "SOLVER.IMS_PER_BATCH",
-            2,
-            "DATALOADER.NUM_WORKERS",
-            0,
-            "SEED",
-            0,
-            "INPUT.MIN_SIZE_TRAIN",
-            (96,),
-            "INPUT.MAX_SIZE_TRAIN",
-            200,
-            "INPUT.MIN_SIZE_TEST",
-            96,
-            "INPUT.MAX_SIZE_TEST",
-            200,
-            "INPUT.CROP.SIZE",
-            (64, 96),
-            "SOLVER.WARMUP_ITERS",
-            0,
-            "CURRICULUM.SEMANTIC_ITER",
-            3,
-            "CURRICULUM.INSTANCE_ITER",
-            3,
-            "SOLVER.CHECKPOINT_PERIOD",
-            100,
-            *overrides,
-        ],
-    )
-    return cfg
+    return tiny_curriculum_cfg(split, out_dir, *overrides)
 
 
 def test_stage_configs(tmp_path):
@@ -192,6 +163,60 @@ def test_rerun_skips_finished_stages(curriculum_run):
     again = run_curriculum(cfg)
     assert json.loads(json.dumps(again)) == json.loads(json.dumps(results))
     assert os.path.getmtime(out / "semantic" / "model_final.pth") == stamp
+
+
+def test_stages_record_the_config_they_trained_with(curriculum_run):
+    cfg, out, _ = curriculum_run
+    for stage in ("semantic", "instance", "merge"):
+        text = (out / stage / "config.yaml").read_text()
+        assert text.startswith(f"# panoptic_curriculum run record: the config stage '{stage}'")
+        assert training_items(yaml.safe_load(text)) == training_items(
+            stage_config(cfg, stage, str(out))
+        )
+    root = (out / "config.yaml").read_text()
+    assert "<stage>/config.yaml" in root and "trained with other values" not in root
+    assert yaml.safe_load(root)["CURRICULUM"] == yaml.safe_load(cfg.dump())["CURRICULUM"]
+
+
+def test_one_stage_adds_its_row_to_the_summary(curriculum_run, tmp_path):
+    """--stage merge in a folder whose other stages are finished: the summary keeps their rows
+    (the folder is a moved, hard-linked copy: its records still match)."""
+    cfg, out, results = curriculum_run
+    shutil.copytree(out, tmp_path / "run", copy_function=os.link)
+    # what the merge stage writes into (not through the links, into the fixture's files)
+    for name in ("stage_complete.json", "metrics.json"):
+        os.remove(tmp_path / "run" / "merge" / name)
+    shutil.rmtree(tmp_path / "run" / "merge" / "inference")
+    c = cfg.clone()
+    c.defrost()
+    c.OUTPUT_DIR = str(tmp_path / "run")
+    again = run_curriculum(c, stages=["merge"])
+    assert list(again) == ["merge"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert list(summary) == ["semantic", "instance", "merge"]
+    assert summary == json.loads(json.dumps(results))
+    rows = (tmp_path / "run" / "summary.txt").read_text().splitlines()[2:]
+    assert [r.split("|")[1].strip() for r in rows] == ["semantic", "instance", "merged"]
+
+
+def test_eval_only_resume_evaluates_the_final_model(curriculum_run):
+    """--eval-only --resume on a curriculum folder: the merged model (MODEL.WEIGHTS unused),
+    with the merge stage's config: the merge stage's own results again."""
+    cfg, out, results = curriculum_run
+    c = cfg.clone()
+    c.defrost()
+    c.MODEL.WEIGHTS = "elsewhere/unused.pth"
+    evaluated = evaluate_run(c, resume=True)
+    assert json.loads(json.dumps(evaluated)) == json.loads(json.dumps(results["merge"]))
+    assert (out / "merge" / "inference" / "config.yaml").is_file()
+
+
+def test_shipped_configs_leave_solver_max_iter_to_the_curriculum():
+    """No shipped YAML sets SOLVER.MAX_ITER (dead in the curriculum, which rejects it)."""
+    for path in glob.glob(os.path.join("configs", "**", "*.yaml"), recursive=True):
+        solver = (yaml.safe_load(open(path)) or {}).get("SOLVER") or {}
+        assert "MAX_ITER" not in solver, path
+        assert load_config(path).SOLVER.MAX_ITER == 0, path
 
 
 def test_merge_refuses_different_encoders(curriculum_run, tmp_path):

@@ -35,7 +35,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
-from model_utils import tiny_cfg
+from log_utils import isolated_loggers
+from model_utils import tiny_cfg, tiny_curriculum_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(REPO, "tools")
@@ -430,3 +431,50 @@ def test_display_detection(monkeypatch):
     assert not display_available()
     monkeypatch.setenv("DISPLAY", ":987")  # no X server there: Open3D must not be asked
     assert not display_available()
+
+
+# ------------------------------------------------------------------------------- train_net
+def test_train_net_talks(small_split, tmp_path, capsys):
+    """tools/train_net.py (in-process, parsed as from the command line) shows the curriculum's
+    own lines on the console and in OUTPUT_DIR/log.txt: stage start, results table, resuming,
+    skipping; a re-run with a changed training key exits 2 with the differences and leaves
+    OUTPUT_DIR/config.yaml as it was."""
+    sys.path.insert(0, TOOLS)
+    try:
+        import train_net
+    finally:
+        sys.path.remove(TOOLS)
+    out = tmp_path / "run"
+    cfg = tiny_curriculum_cfg(small_split, out, "CURRICULUM.STAGES", ["semantic"])
+    cfg.merge_from_list(["CURRICULUM.SEMANTIC_ITER", 2, "SOLVER.CHECKPOINT_PERIOD", 1])
+    config = tmp_path / "tiny.yaml"
+    config.write_text(cfg.dump())
+
+    def run(*opts):
+        args = train_net.build_parser().parse_args(["--config-file", str(config), *opts])
+        with isolated_loggers():
+            train_net.main(args)
+        console = capsys.readouterr().out
+        return console, (out / "log.txt").read_text()
+
+    for text in run():
+        assert "[curriculum] stage 1/1 'semantic' (2 iterations)" in text
+        assert "[curriculum] results on synthetic_scenes_test_small:" in text
+        assert "| semantic |" in text
+    # as if killed after the checkpoint of iteration 0
+    os.remove(out / "semantic" / "stage_complete.json")
+    (out / "semantic" / "last_checkpoint").write_text("model_0000000.pth")
+    for text in run():
+        assert "Resumed at iteration 1" in text
+    for text in run():
+        assert "[curriculum] stage 1/1 'semantic' already complete, skipping" in text
+
+    root_config = (out / "config.yaml").read_bytes()
+    with pytest.raises(SystemExit) as info:
+        run("SOLVER.BASE_LR", "0.01")
+    assert info.value.code == 2
+    console = capsys.readouterr().out
+    log = (out / "log.txt").read_text()
+    for text in (console, log):
+        assert "SOLVER.BASE_LR: 0.02 (recorded) -> 0.01 (now)" in text
+    assert (out / "config.yaml").read_bytes() == root_config

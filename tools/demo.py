@@ -12,7 +12,10 @@ For each input image, with ``<stem>`` its file name without extension, it writes
 * ``<stem>_pointcloud.png``: a headless rendering of that point cloud;
 
 and ``demo_summary.json`` (files, sizes, intrinsics used, skipped images and why). Outputs
-whose branch the model lacks are left out.
+whose branch the model lacks are left out; when no pixel of an image lifts to a 3D point
+(no valid predicted depth outside ``MODEL.POINT_HEAD.NO_SURFACE_CLASSES``) its 2D pictures
+are written, the point-cloud files are not, and the log and the summary say the cloud was
+empty.
 
 Intrinsics: ``--intrinsics K.json`` holds the camera matrix of the *original* images, as
 ``{"K": 3x3}``, ``{"fx", "fy", "cx", "cy"}`` or a Cityscapes camera file (``"intrinsic":
@@ -192,12 +195,27 @@ def process_image(
         points, colors = prediction_point_cloud(
             outputs, K, metadata, predictor.cfg.MODEL.POINT_HEAD.NO_SURFACE_CLASSES
         )
-        files["pointcloud_ply"] = f"{stem}_pointcloud.ply"
-        save_point_cloud_ply(os.path.join(args.output, files["pointcloud_ply"]), points, colors)
-        files["pointcloud_render"] = f"{stem}_pointcloud.png"
-        write_png(
-            os.path.join(args.output, files["pointcloud_render"]), renderer.render(points, colors)
-        )
+        if points.shape[0] == 0:
+            entry["pointcloud"] = (
+                "empty: no pixel has a valid predicted depth and a class outside "
+                "MODEL.POINT_HEAD.NO_SURFACE_CLASSES"
+            )
+            logging.getLogger("demo").warning(
+                "%s: the predicted point cloud is empty (no pixel has a valid predicted depth "
+                "and a class outside MODEL.POINT_HEAD.NO_SURFACE_CLASSES %s); no "
+                "%s_pointcloud.ply/.png written",
+                path,
+                list(predictor.cfg.MODEL.POINT_HEAD.NO_SURFACE_CLASSES),
+                stem,
+            )
+        else:
+            files["pointcloud_ply"] = f"{stem}_pointcloud.ply"
+            save_point_cloud_ply(os.path.join(args.output, files["pointcloud_ply"]), points, colors)
+            files["pointcloud_render"] = f"{stem}_pointcloud.png"
+            write_png(
+                os.path.join(args.output, files["pointcloud_render"]),
+                renderer.render(points, colors),
+            )
         valid = np.isfinite(depth) & (depth > 0)
         entry["num_points"] = int(points.shape[0])
         entry["depth_range_m"] = (

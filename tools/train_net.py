@@ -3,54 +3,60 @@
 
     # the whole curriculum (semantic -> instance -> merge [-> joint]), resumable:
     python tools/train_net.py --config-file configs/synthetic/curriculum_R18_FPN.yaml
-    # one stage (earlier stages' outputs must be in OUTPUT_DIR):
+    # one stage (earlier stages' outputs must be in OUTPUT_DIR; its row joins the summary):
     python tools/train_net.py --config-file ... --stage instance
     # evaluate weights (they must fit the config's model exactly; none given is an error):
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS path/to/model.pth
+    # evaluate the final model of a curriculum folder:
+    python tools/train_net.py --config-file ... --eval-only --resume OUTPUT_DIR output/my_run
     # 2 processes (GPUs, or CPU processes with gloo when there is no GPU):
     python tools/train_net.py --config-file ... --num-gpus 2
 
 Re-running the same command skips finished stages and resumes an unfinished one from its
-last checkpoint (``--resume`` is accepted for detectron2 compatibility and implied).
+last checkpoint (``--resume`` is accepted for detectron2 compatibility and implied). Each
+stage records the config it trains with in ``OUTPUT_DIR/<stage>/config.yaml``; a re-run whose
+training-relevant keys differ from a finished or half-finished stage stops with the
+differences (pick a new ``OUTPUT_DIR``, or pass ``--allow-config-change``). Stage lengths are
+``CURRICULUM.*_ITER``; ``SOLVER.MAX_ITER`` is rejected.
 """
 
 import logging
-import os
+import sys
 
 import panoptic_curriculum  # noqa: F401  isort:skip  first: detectron2 v0.6 compatibility layer
-from detectron2.engine import default_argument_parser, default_setup
+from detectron2.engine import default_argument_parser
 
 from panoptic_curriculum import load_config
-from panoptic_curriculum.engine import STAGES, PanopticCurriculumTrainer, run_curriculum
-from panoptic_curriculum.engine.checkpoint import AtomicCheckpointer
+from panoptic_curriculum.engine import (
+    STAGES,
+    ConfigMismatchError,
+    default_setup,
+    evaluate_run,
+    run_curriculum,
+)
 from panoptic_curriculum.engine.launch import launch
 
-logger = logging.getLogger("panoptic_curriculum")
+logger = logging.getLogger("panoptic_curriculum.train_net")
 
 
 def setup(args):
     cfg = load_config(args.config_file, args.opts)
-    resumable = os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
-    if args.eval_only and not cfg.MODEL.WEIGHTS and not (args.resume and resumable):
-        raise ValueError(
-            "--eval-only needs weights: pass MODEL.WEIGHTS path/to/model.pth (or --resume with "
-            f"a checkpoint in OUTPUT_DIR {cfg.OUTPUT_DIR}); refusing to evaluate a randomly "
-            "initialised model"
-        )
     default_setup(cfg, args)
     return cfg
 
 
 def main(args):
     cfg = setup(args)
-    if args.eval_only:
-        model = PanopticCurriculumTrainer.build_model(cfg)
-        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict=True).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
-        return PanopticCurriculumTrainer.test(cfg, model)
-    stages = None if args.stage == "all" else [args.stage]
-    return run_curriculum(cfg, stages)
+    try:
+        if args.eval_only:
+            return evaluate_run(
+                cfg, resume=args.resume, allow_config_change=args.allow_config_change
+            )
+        stages = None if args.stage == "all" else [args.stage]
+        return run_curriculum(cfg, stages, allow_config_change=args.allow_config_change)
+    except ConfigMismatchError as e:
+        logger.error("%s", e)
+        sys.exit(2)
 
 
 def build_parser():
@@ -60,6 +66,13 @@ def build_parser():
         default="all",
         choices=("all",) + STAGES,
         help="curriculum stage to run (default: CURRICULUM.STAGES in order)",
+    )
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="continue in an OUTPUT_DIR whose stages were trained with other training-relevant "
+        "config values: finished stages are kept as they are, unfinished ones continue with "
+        "this config (default: stop and list the differences)",
     )
     return parser
 

@@ -187,6 +187,10 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     cfg.CURRICULUM.JOINT_LR_FACTOR = 0.1
     # Write the point cloud of one training sample every N iterations (0: never).
     cfg.CURRICULUM.POINT_CLOUD_DUMP_PERIOD = 0
+    # detectron2's SOLVER.MAX_ITER: each curriculum stage trains CURRICULUM.*_ITER iterations
+    # instead, so run_curriculum rejects any other value than 0 here; set it only to train
+    # PanopticCurriculumTrainer directly, outside the curriculum.
+    cfg.SOLVER.MAX_ITER = 0
 
 
 def load_config(config_file: str, opts=(), freeze: bool = True) -> CN:

@@ -1,6 +1,7 @@
 """The plugin's detectron2 trainer: RGB-D data, freezing, evaluators, atomic checkpoints and
 exactly resumable training."""
 
+import copy
 import logging
 import os
 import weakref
@@ -102,6 +103,11 @@ class PanopticCurriculumTrainer(DefaultTrainer):
         validate_config(cfg, training=True)  # also configs built by hand
         super().__init__(cfg)
         self._trainer._data_loader_iter = RNGNeutralIterator(self._trainer._data_loader_iter)
+        # the optimizer's hyperparameters and the LR schedule as this config starts them
+        self._config_schedule = (
+            [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups],
+            copy.deepcopy(self.scheduler.state_dict()),
+        )
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -228,6 +234,33 @@ class PanopticCurriculumTrainer(DefaultTrainer):
                 iterator = iter(loader)
             self._trainer._data_loader_iter = RNGNeutralIterator(iterator)
             logger.info("Resumed at iteration %d; data stream restarted there", self.start_iter)
+
+    def apply_config_schedule(self) -> None:
+        """After a resume, continue with this trainer's config instead of the checkpoint's
+        solver settings: the optimizer's hyperparameters (learning rate, momentum, weight
+        decay) and the learning-rate schedule (base rate, length, warm-up) become those a
+        fresh run of ``self.cfg`` has at iteration ``self.start_iter``; the momentum buffers
+        are kept. For a stage resumed with a changed config (``allow_config_change``)."""
+        if self.start_iter >= self.max_iter:
+            raise ValueError(
+                f"{self.cfg.OUTPUT_DIR} has trained {self.start_iter} iterations already, not "
+                f"fewer than SOLVER.MAX_ITER = {self.max_iter}"
+            )
+        groups, scheduler_state = self._config_schedule
+        for group, fresh in zip(self.optimizer.param_groups, groups):
+            group.update(copy.deepcopy(fresh))
+        self.scheduler.load_state_dict(copy.deepcopy(scheduler_state))
+        # the state after start_iter scheduler steps (one per finished iteration)
+        self.scheduler.last_epoch = self.start_iter
+        lrs = self.scheduler.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self.scheduler._last_lr = list(lrs)
+        logger.info(
+            "Solver settings of the config applied from iteration %d on (learning rate %.6g)",
+            self.start_iter,
+            lrs[0],
+        )
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):

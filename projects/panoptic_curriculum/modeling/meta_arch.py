@@ -21,6 +21,7 @@ from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 
 from ..config_validation import validate_config
+from ..device import check_device
 from ..geometry import backproject_pixels, check_intrinsics, resize_intrinsics
 from .depth_head import build_depth_head
 from .instance_adapter import build_instance_adapter
@@ -215,6 +216,7 @@ class PanopticCurriculumModel(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         validate_config(cfg)  # configs built by hand skip load_config's check
+        check_device(cfg)  # a clear error before detectron2 moves the model there
         pc = cfg.MODEL.PANOPTIC_CURRICULUM
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
