@@ -5,12 +5,18 @@
 #   bash scripts/setup_env.sh            # builds ./.venv
 #   PANOPTIC_VENV=/path/to/venv bash scripts/setup_env.sh
 #   PYTHON=python3.11 bash scripts/setup_env.sh
+#   PANOPTIC_EXTRAS=export bash scripts/setup_env.sh   # also optional extras (comma-separated)
+#
+# Optional extras, each pinned in requirements/<name>.txt:
+#   export   onnx + onnxruntime: ONNX export and running exported ONNX models
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${PANOPTIC_VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 STAMP="$VENV/.panoptic_curriculum-setup"
+KNOWN_EXTRAS=(export)
+declare -A EXTRA_IMPORTS=([export]="onnx onnxruntime")
 # Debian packages: libusb for `import open3d`; Vulkan loader + Mesa's software driver for
 # Open3D's headless renderer.
 APT_PACKAGES=(libusb-1.0-0 libvulkan1 mesa-vulkan-drivers libgl1 libgomp1)
@@ -22,8 +28,33 @@ pip_quiet() {
 }
 
 inputs_hash() {
-  cat "$ROOT/requirements/"*.txt "$ROOT/setup.py" "$ROOT/scripts/setup_env.sh" \
-      "$ROOT/scripts/build_detectron2.py" | sha256sum | cut -d' ' -f1
+  cat "$ROOT/requirements/base.txt" "$ROOT/requirements/nodeps.txt" "$ROOT/setup.py" \
+      "$ROOT/scripts/setup_env.sh" "$ROOT/scripts/build_detectron2.py" | sha256sum | cut -d' ' -f1
+}
+
+# The extras asked for in PANOPTIC_EXTRAS (commas or spaces), checked against KNOWN_EXTRAS.
+EXTRAS_LIST="${PANOPTIC_EXTRAS:-}"
+read -r -a EXTRAS <<< "${EXTRAS_LIST//,/ }"
+for e in "${EXTRAS[@]}"; do
+  if [[ " ${KNOWN_EXTRAS[*]} " != *" $e "* ]]; then
+    log "ERROR: unknown extra '$e' in PANOPTIC_EXTRAS; known extras: ${KNOWN_EXTRAS[*]}"
+    exit 1
+  fi
+done
+
+install_extras() {
+  local e stamp want_e
+  for e in "${EXTRAS[@]}"; do
+    stamp="$VENV/.panoptic_curriculum-extra-$e"
+    want_e="$(sha256sum "$ROOT/requirements/$e.txt" | cut -d' ' -f1)"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want_e" ]; then
+      continue
+    fi
+    log "installing the '$e' extra (requirements/$e.txt)"
+    pip_quiet install -q -r "$ROOT/requirements/$e.txt"
+    "$VENV/bin/python" -c "import ${EXTRA_IMPORTS[$e]// /, }"
+    echo "$want_e" > "$stamp"
+  done
 }
 
 ensure_apt_packages() {
@@ -47,7 +78,8 @@ want="$(inputs_hash)"
 ensure_apt_packages
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
    && "$VENV/bin/python" -c "import panoptic_curriculum" 2>/dev/null; then
-  log "environment up to date: $VENV"
+  install_extras
+  log "environment up to date: $VENV${PANOPTIC_EXTRAS:+ (extras: $PANOPTIC_EXTRAS)}"
   exit 0
 fi
 
@@ -67,6 +99,7 @@ if ! "$VENV/bin/python" -c "import detectron2, detectron2.projects.deeplab" 2>/d
 fi
 log "installing panoptic_curriculum (editable)"
 pip_quiet install -q --no-deps --no-build-isolation -e "$ROOT"
-"$VENV/bin/python" -c "import panoptic_curriculum" 
+"$VENV/bin/python" -c "import panoptic_curriculum"
 echo "$want" > "$STAMP"
+install_extras
 log "environment ready in $(( $(date +%s) - start )) s: $VENV"

@@ -5,6 +5,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${PANOPTIC_VENV:-$ROOT/.venv}"
-bash "$ROOT/scripts/setup_env.sh"
+# the tests run exported ONNX models: always with the export extra (onnx, onnxruntime)
+PANOPTIC_EXTRAS="${PANOPTIC_EXTRAS:+$PANOPTIC_EXTRAS,}export" bash "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
 exec "$VENV/bin/python" -m pytest "$@"

@@ -24,7 +24,13 @@ from ..data.transforms import transform_intrinsics
 from ..geometry import check_intrinsics
 from .checkpoint import AtomicCheckpointer
 
-__all__ = ["RGBDPredictor", "intrinsics_from_fov", "load_intrinsics_json", "DEFAULT_FOV_DEG"]
+__all__ = [
+    "RGBDPredictor",
+    "image_inputs",
+    "intrinsics_from_fov",
+    "load_intrinsics_json",
+    "DEFAULT_FOV_DEG",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +113,46 @@ def load_intrinsics_json(path: str) -> np.ndarray:
     return K
 
 
+def image_inputs(
+    original_image: np.ndarray, K: Optional[np.ndarray], aug: T.Augmentation, input_format: str
+) -> Dict:
+    """The model's input dict for one image, as :class:`RGBDPredictor` (and the exported
+    model's predictor) build it.
+
+    Args:
+        original_image: ``(H, W, 3)`` uint8 image in **BGR** order (as ``cv2.imread``).
+        K: ``(3, 3)`` intrinsics of ``original_image``, pixels, or None.
+        aug: the test-time resize (``ResizeShortestEdge``).
+        input_format: the model's channel order, "BGR" or "RGB".
+
+    Returns:
+        dict: ``"image"`` ``[3, h, w]`` float32 0..255 (resized, ``input_format`` order),
+        ``"height"``/``"width"`` (original size) and, with ``K``, ``"intrinsics"`` ``[3, 3]``
+        float32 (``K`` updated for the resize).
+    """
+    if input_format not in ("RGB", "BGR"):
+        raise ValueError(f"the predictor supports INPUT.FORMAT RGB or BGR, got {input_format}")
+    if original_image.ndim != 3 or original_image.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) image, got shape {original_image.shape}")
+    if input_format == "RGB":  # the input is BGR, as cv2.imread gives
+        original_image = original_image[:, :, ::-1]
+    height, width = original_image.shape[:2]
+    transform = aug.get_transform(original_image)
+    image = transform.apply_image(original_image)
+    inputs = {
+        "image": torch.as_tensor(np.ascontiguousarray(image.astype("float32").transpose(2, 0, 1))),
+        "height": height,
+        "width": width,
+    }
+    if K is not None:
+        K = np.asarray(K, dtype=np.float64)
+        check_intrinsics(torch.as_tensor(K), "K")
+        inputs["intrinsics"] = torch.as_tensor(
+            transform_intrinsics(transform, K), dtype=torch.float32
+        )
+    return inputs
+
+
 class RGBDPredictor:
     """Run the model on single images, as detectron2's ``DefaultPredictor`` does, with the
     camera intrinsics passed along.
@@ -153,27 +199,7 @@ class RGBDPredictor:
 
     def inputs(self, original_image: np.ndarray, K: Optional[np.ndarray] = None) -> Dict:
         """The model's input dict for one image (see :meth:`__call__`)."""
-        if original_image.ndim != 3 or original_image.shape[2] != 3:
-            raise ValueError(f"expected an (H, W, 3) image, got shape {original_image.shape}")
-        if self.input_format == "RGB":  # the input is BGR, as cv2.imread gives
-            original_image = original_image[:, :, ::-1]
-        height, width = original_image.shape[:2]
-        transform = self.aug.get_transform(original_image)
-        image = transform.apply_image(original_image)
-        inputs = {
-            "image": torch.as_tensor(
-                np.ascontiguousarray(image.astype("float32").transpose(2, 0, 1))
-            ),
-            "height": height,
-            "width": width,
-        }
-        if K is not None:
-            K = np.asarray(K, dtype=np.float64)
-            check_intrinsics(torch.as_tensor(K), "K")
-            inputs["intrinsics"] = torch.as_tensor(
-                transform_intrinsics(transform, K), dtype=torch.float32
-            )
-        return inputs
+        return image_inputs(original_image, K, self.aug, self.input_format)
 
     @torch.no_grad()
     def __call__(self, original_image: np.ndarray, K: Optional[np.ndarray] = None) -> Dict:

@@ -16,8 +16,10 @@ __all__ = ["DEPTH_HEAD_REGISTRY", "build_depth_head", "DeepLabDepthHead", "depth
 
 DEPTH_HEAD_REGISTRY = Registry("DEPTH_HEAD")
 DEPTH_HEAD_REGISTRY.__doc__ = """
-Registry for depth heads: modules that take the backbone's feature dict and return metric
-depth ``[B, H, W]`` (metres) at the resolution of the padded input batch.
+Registry for depth heads: modules ``(features, output_size, K=None)`` that take the
+backbone's feature dict and return metric depth ``[B, H, W]`` (metres) at the resolution of
+the padded input batch. A head whose output depends on ``K`` says so with a ``camera_aware``
+attribute (the exporter then makes ``K`` an input of the exported network).
 """
 
 _LOSS_TYPES = ("silog", "l1_log", "l1")
@@ -191,6 +193,12 @@ class DeepLabDepthHead(nn.Module):
             "canonical_focal": c.CANONICAL_FOCAL,
             "camera_coords": c.CAMERA_COORDS,
         }
+
+    @property
+    def camera_aware(self) -> bool:
+        """True when the output depends on the intrinsics passed to :meth:`forward` (focal
+        scaling or ray-direction channels)."""
+        return self.canonical_focal > 0 or self.camera_coords
 
     def _ray_channels(self, K, shape, device, dtype):
         """``[B, 2, h, w]`` normalised ray directions at the centres of an ``h x w`` feature

@@ -16,18 +16,17 @@ from detectron2.modeling import (
     build_roi_heads,
     build_sem_seg_head,
 )
-from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
 from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 
 from ..config_validation import validate_config
 from ..device import check_device
-from ..geometry import backproject_pixels, check_intrinsics, resize_intrinsics
+from ..geometry import backproject_pixels
 from .depth_head import build_depth_head
 from .instance_adapter import build_instance_adapter
 from .loss_weighting import LOSS_WEIGHTING_MODES, UncertaintyLossWeighting
 from .point_head import build_point_head, consistency_loss, point_cross_entropy, sample_pixels
-from .postprocessing import fuse_panoptic, instance_depth_and_centroid
+from .postprocessing import postprocess_image
 
 __all__ = ["PanopticCurriculumModel"]
 
@@ -425,25 +424,45 @@ class PanopticCurriculumModel(nn.Module):
         _raise_if_not_finite(losses)
         return losses
 
-    @torch.no_grad()
-    def inference(self, batched_inputs, images: ImageList, features):
-        sem_logits = depth = point_out = None
+    def predict_padded(
+        self, images: ImageList, features: Dict[str, torch.Tensor], K: Optional[torch.Tensor]
+    ) -> Dict:
+        """The network's inference outputs for a padded batch, before any post-processing.
+
+        Args:
+            images: the normalised, padded batch ``[B, 3, Hp, Wp]``.
+            features: the backbone's outputs on it.
+            K: ``[B, 3, 3]`` intrinsics of the (unpadded) inputs, pixels, or None (a
+                camera-aware depth head then assumes its default camera).
+
+        Returns:
+            dict: ``"sem_logits"`` ``[B, C, Hp, Wp]``; ``"depth"`` ``[B, Hp, Wp]`` metres;
+            ``"instances"`` list of ``Instances`` in input-image pixels (``pred_boxes``,
+            ``scores``, ``pred_classes``, ``pred_masks`` ``[N, 1, M, M]`` probabilities);
+            each None when its branch is off. This is what :mod:`panoptic_curriculum.export`
+            exports.
+        """
+        out = {"sem_logits": None, "depth": None, "instances": None}
         if self.sem_seg_head is not None:
-            sem_logits = F.interpolate(
+            out["sem_logits"] = F.interpolate(
                 self.sem_seg_head.layers(features),
                 size=images.tensor.shape[-2:],
                 mode="bilinear",
                 align_corners=False,
             )
         if self.depth_head is not None:
-            depth = self.depth_head(
-                features, images.tensor.shape[-2:], self._optional_intrinsics(batched_inputs)
-            )
-        instances = None
+            out["depth"] = self.depth_head(features, images.tensor.shape[-2:], K)
         if self.proposal_generator is not None:
             inst_features = self._instance_features(features)
             proposals, _ = self.proposal_generator(images, inst_features, None)
-            instances, _ = self.roi_heads(images, inst_features, proposals, None)
+            out["instances"], _ = self.roi_heads(images, inst_features, proposals, None)
+        return out
+
+    @torch.no_grad()
+    def inference(self, batched_inputs, images: ImageList, features):
+        raw = self.predict_padded(images, features, self._optional_intrinsics(batched_inputs))
+        sem_logits, depth, instances = raw["sem_logits"], raw["depth"], raw["instances"]
+        point_out = None
         needs_k = self.point_head is not None and self.point_inference
         K = self._intrinsics(batched_inputs) if needs_k else None
         if needs_k:
@@ -456,36 +475,20 @@ class PanopticCurriculumModel(nn.Module):
         results = []
         for i, (x, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):
             height, width = x.get("height", image_size[0]), x.get("width", image_size[1])
-            r: Dict = {}
-            if sem_logits is not None:
-                r["sem_seg"] = sem_seg_postprocess(sem_logits[i], image_size, height, width)
-            depth_i = K_i = None
-            if depth is not None:
-                d = depth[i, : image_size[0], : image_size[1]][None, None]
-                depth_i = F.interpolate(
-                    d, size=(height, width), mode="bilinear", align_corners=False
-                )[0, 0]
-                r["depth"] = depth_i
-                if "intrinsics" in x:
-                    K_net = x["intrinsics"].to(self.device, torch.float32)
-                    check_intrinsics(K_net, f"intrinsics of {x.get('file_name', i)}")
-                    K_i = resize_intrinsics(K_net, width / image_size[1], height / image_size[0])
-            if instances is not None:
-                inst = detector_postprocess(instances[i], height, width)
-                if depth_i is not None and K_i is not None:
-                    inst.pred_depth, inst.pred_centroid = instance_depth_and_centroid(
-                        inst.pred_masks.bool(), depth_i, K_i
-                    )
-                r["instances"] = inst
-                if sem_logits is not None:
-                    r["panoptic_seg"] = fuse_panoptic(
-                        inst,
-                        r["sem_seg"].argmax(dim=0),
-                        self.thing_to_sem,
-                        self.panoptic_overlap_threshold,
-                        self.panoptic_stuff_area_limit,
-                        self.panoptic_score_threshold,
-                    )
+            r = postprocess_image(
+                image_size=image_size,
+                height=height,
+                width=width,
+                sem_logits=None if sem_logits is None else sem_logits[i],
+                depth=None if depth is None else depth[i],
+                instances=None if instances is None else instances[i],
+                intrinsics=x.get("intrinsics"),
+                thing_to_sem=self.thing_to_sem,
+                overlap_threshold=self.panoptic_overlap_threshold,
+                stuff_area_limit=self.panoptic_stuff_area_limit,
+                score_threshold=self.panoptic_score_threshold,
+                name=x.get("file_name", str(i)),
+            )
             if point_out is not None:
                 keep = point_out["point_valid"][i]
                 uv = point_out["uv"][i][keep].to(torch.float32)

@@ -1,14 +1,18 @@
-"""Inference-time fusion and 3D summaries of the multi-task outputs."""
+"""Inference-time post-processing of the multi-task outputs: resizing to the original image,
+panoptic fusion and 3D summaries. Shared by the model's ``inference`` and by the exported
+network's post-processing (:mod:`panoptic_curriculum.export`)."""
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+from torch.nn import functional as F
 
+from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
 from detectron2.structures import Instances
 
-from ..geometry import backproject
+from ..geometry import backproject, check_intrinsics, resize_intrinsics
 
-__all__ = ["fuse_panoptic", "instance_depth_and_centroid"]
+__all__ = ["fuse_panoptic", "instance_depth_and_centroid", "postprocess_image"]
 
 
 def fuse_panoptic(
@@ -109,3 +113,78 @@ def instance_depth_and_centroid(masks: torch.Tensor, depth: torch.Tensor, K: tor
     count = weights.sum(1, keepdim=True)
     centroid = (weights @ points) / count
     return median, centroid
+
+
+def postprocess_image(
+    *,
+    image_size: Tuple[int, int],
+    height: int,
+    width: int,
+    sem_logits: Optional[torch.Tensor] = None,
+    depth: Optional[torch.Tensor] = None,
+    instances: Optional[Instances] = None,
+    intrinsics: Optional[torch.Tensor] = None,
+    thing_to_sem: Sequence[int] = (),
+    overlap_threshold: float = 0.5,
+    stuff_area_limit: int = 64,
+    score_threshold: float = 0.5,
+    name: str = "image",
+) -> Dict:
+    """One image's network outputs -> the model's result dict at the original size.
+
+    The maps may be padded (only their top-left ``image_size`` part is read) or already cropped
+    to ``image_size``.
+
+    Args:
+        image_size: ``(h, w)`` of the network input (after the test-time resize, before
+            padding), pixels.
+        height, width: size of the results (the original image), pixels.
+        sem_logits: ``[C, >=h, >=w]`` semantic logits, or None.
+        depth: ``[>=h, >=w]`` depth, metres, or None.
+        instances: Mask R-CNN output in network-input coordinates (``pred_boxes``,
+            ``scores``, ``pred_classes``, ``pred_masks`` ``[N, 1, M, M]`` probabilities), or
+            None.
+        intrinsics: ``[3, 3]`` K of the network input, pixels, or None (then the instances
+            get no ``pred_depth``/``pred_centroid``).
+        thing_to_sem, overlap_threshold, stuff_area_limit, score_threshold: panoptic fusion
+            (see :func:`fuse_panoptic`).
+        name: names the image in errors.
+
+    Returns:
+        dict with, as available: ``"sem_seg"`` ``[C, height, width]`` logits; ``"depth"``
+        ``[height, width]`` metres (bilinear); ``"instances"`` (``detector_postprocess``:
+        boxes scaled, masks pasted as ``[N, height, width]`` bool; with depth and K also
+        ``pred_depth`` ``[N]`` and ``pred_centroid`` ``[N, 3]`` metres); ``"panoptic_seg"``
+        (needs semantic logits and instances).
+    """
+    h, w = int(image_size[0]), int(image_size[1])
+    r: Dict = {}
+    if sem_logits is not None:
+        r["sem_seg"] = sem_seg_postprocess(sem_logits, (h, w), height, width)
+    depth_out = K_out = None
+    if depth is not None:
+        depth_out = F.interpolate(
+            depth[:h, :w][None, None], size=(height, width), mode="bilinear", align_corners=False
+        )[0, 0]
+        r["depth"] = depth_out
+        if intrinsics is not None:
+            K_net = intrinsics.to(depth.device, torch.float32)
+            check_intrinsics(K_net, f"intrinsics of {name}")
+            K_out = resize_intrinsics(K_net, width / w, height / h)
+    if instances is not None:
+        inst = detector_postprocess(instances, height, width)
+        if depth_out is not None and K_out is not None:
+            inst.pred_depth, inst.pred_centroid = instance_depth_and_centroid(
+                inst.pred_masks.bool(), depth_out, K_out
+            )
+        r["instances"] = inst
+        if sem_logits is not None:
+            r["panoptic_seg"] = fuse_panoptic(
+                inst,
+                r["sem_seg"].argmax(dim=0),
+                thing_to_sem,
+                overlap_threshold,
+                stuff_area_limit,
+                score_threshold,
+            )
+    return r
