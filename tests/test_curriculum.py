@@ -86,15 +86,16 @@ def test_freeze_modules_outside_the_curriculum():
 @pytest.fixture(scope="module")
 def curriculum_run(small_split, tmp_path_factory):
     out = tmp_path_factory.mktemp("curriculum")
-    cfg = _cfg(small_split, out)
+    cfg = _cfg(small_split, out, "CURRICULUM.STAGES", ["semantic", "instance", "merge", "joint"])
     results = run_curriculum(cfg)
     return cfg, out, results
 
 
 def test_curriculum_runs_all_stages(curriculum_run):
     cfg, out, results = curriculum_run
-    assert list(results) == ["semantic", "instance", "merge"]
+    assert list(results) == ["semantic", "instance", "merge", "joint"]
     assert "sem_seg" in results["semantic"] and "depth" in results["semantic"]
+    assert {"sem_seg", "segm", "panoptic_seg", "depth"} <= set(results["joint"])
     assert "segm" not in results["semantic"]
     assert "segm" in results["instance"] and "sem_seg" not in results["instance"]
     assert {"sem_seg", "segm", "panoptic_seg", "depth"} <= set(results["merge"])
@@ -115,6 +116,17 @@ def test_instance_stage_leaves_the_encoder_bit_identical(curriculum_run):
     assert any(k.startswith("roi_heads.") for k in inst) and not any(
         k.startswith("roi_heads.") for k in sem
     )
+
+
+def test_joint_stage_fine_tunes_the_merged_model_encoder_included(curriculum_run):
+    """Claim 19: after the merge, the multi-task model trains further, encoder included."""
+    _, out, _ = curriculum_run
+    merged = load_model_state(str(out / "merge" / "model_merged.pth"))
+    joint = load_model_state(str(out / "joint" / "model_final.pth"))
+    assert set(joint) == set(merged)
+    for part in ("backbone.", "sem_seg_head.", "roi_heads.", "depth_head.", "instance_adapter."):
+        keys = [k for k in merged if k.startswith(part)]
+        assert keys and any(not torch.equal(merged[k], joint[k]) for k in keys), part
 
 
 def test_instance_stage_stores_no_encoder_activations(curriculum_run):
@@ -167,7 +179,7 @@ def test_rerun_skips_finished_stages(curriculum_run):
 
 def test_stages_record_the_config_they_trained_with(curriculum_run):
     cfg, out, _ = curriculum_run
-    for stage in ("semantic", "instance", "merge"):
+    for stage in ("semantic", "instance", "merge", "joint"):
         text = (out / stage / "config.yaml").read_text()
         assert text.startswith(f"# panoptic_curriculum run record: the config stage '{stage}'")
         assert training_items(yaml.safe_load(text)) == training_items(
@@ -193,22 +205,22 @@ def test_one_stage_adds_its_row_to_the_summary(curriculum_run, tmp_path):
     again = run_curriculum(c, stages=["merge"])
     assert list(again) == ["merge"]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert list(summary) == ["semantic", "instance", "merge"]
+    assert list(summary) == ["semantic", "instance", "merge", "joint"]
     assert summary == json.loads(json.dumps(results))
     rows = (tmp_path / "run" / "summary.txt").read_text().splitlines()[2:]
-    assert [r.split("|")[1].strip() for r in rows] == ["semantic", "instance", "merged"]
+    assert [r.split("|")[1].strip() for r in rows] == ["semantic", "instance", "merged", "joint"]
 
 
 def test_eval_only_resume_evaluates_the_final_model(curriculum_run):
-    """--eval-only --resume on a curriculum folder: the merged model (MODEL.WEIGHTS unused),
-    with the merge stage's config: the merge stage's own results again."""
+    """--eval-only --resume on a curriculum folder: its final (joint-stage) model
+    (MODEL.WEIGHTS unused), with that stage's config: the joint stage's own results again."""
     cfg, out, results = curriculum_run
     c = cfg.clone()
     c.defrost()
     c.MODEL.WEIGHTS = "elsewhere/unused.pth"
     evaluated = evaluate_run(c, resume=True)
-    assert json.loads(json.dumps(evaluated)) == json.loads(json.dumps(results["merge"]))
-    assert (out / "merge" / "inference" / "config.yaml").is_file()
+    assert json.loads(json.dumps(evaluated)) == json.loads(json.dumps(results["joint"]))
+    assert (out / "joint" / "inference" / "config.yaml").is_file()
 
 
 def test_shipped_configs_leave_solver_max_iter_to_the_curriculum():

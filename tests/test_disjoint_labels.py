@@ -48,6 +48,8 @@ def _cfg(split, out_dir, *overrides):
             "SOLVER.WARMUP_ITERS", 0,
             "CURRICULUM.SEMANTIC_ITER", 2,
             "CURRICULUM.INSTANCE_ITER", 2,
+            # as the disjoint-labels config: a joint stage would need every label at once
+            "CURRICULUM.STAGES", ["semantic", "instance", "merge"],
             *overrides,
         ],
     )  # fmt: skip
