@@ -3,9 +3,10 @@
 #   1. set up the environment (if needed);
 #   2. pictures of augmented training samples -> output/data_preview
 #      (the dataset is generated on first use under $DETECTRON2_DATASETS, default ./datasets);
-#   3. the whole curriculum: semantic -> instance (frozen encoder) -> merge, each evaluated
+#   3. the whole curriculum: semantic -> instance (frozen encoder) -> merge -> joint
+#      fine-tuning, each evaluated
 #      -> output/curriculum (re-running resumes and skips finished stages);
-#   4. the merged model's predictions on a validation image -> output/demo, and its point
+#   4. the final model's predictions on a validation image -> output/demo, and its point
 #      cloud seen as ground truth / 2D / 3D / disagreement -> output/pointcloud_views.png;
 #   5. training curves -> output/curriculum/plots; then the results table.
 # Extra arguments are config overrides for the curriculum (KEY VALUE ...).
@@ -25,9 +26,11 @@ echo "[main] 1/4 data preview -> $OUT/data_preview"
 
 echo "[main] 2/4 curriculum -> $OUT/curriculum"
 "$PY" tools/train_net.py --config-file "$CONFIG" OUTPUT_DIR "$OUT/curriculum" "$@"
-WEIGHTS="$OUT/curriculum/merge/model_merged.pth"
+# the run's final model: the joint stage's when the curriculum has one, else the merged model
+WEIGHTS="$OUT/curriculum/joint/model_final.pth"
+[ -f "$OUT/curriculum/joint/stage_complete.json" ] || WEIGHTS="$OUT/curriculum/merge/model_merged.pth"
 
-echo "[main] 3/4 predictions of the merged model -> $OUT/demo, $OUT/pointcloud_views.png"
+echo "[main] 3/4 predictions of the final model -> $OUT/demo, $OUT/pointcloud_views.png"
 "$PY" tools/demo.py --config-file "$CONFIG" --input "$DATA/synthetic_scenes/val/image/000000.png" \
   --intrinsics "$DATA/synthetic_scenes/val/camera/000000.json" --output "$OUT/demo" \
   MODEL.WEIGHTS "$WEIGHTS"
