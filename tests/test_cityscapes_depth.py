@@ -136,6 +136,26 @@ def test_load_cityscapes_depth(tree):
         assert np.all(np.abs(depth[~invalid] - truth[~invalid]) <= bound[~invalid])
 
 
+def test_large_splits_load_through_detectron2s_pool(tree, monkeypatch):
+    """Small splits convert the polygons in this process, large ones through detectron2's
+    load_cityscapes_instances (a pool): the same dicts either way."""
+    from panoptic_curriculum.data.datasets import cityscapes_depth
+
+    calls = []
+    original = cityscapes_depth.load_cityscapes_instances
+    monkeypatch.setattr(
+        cityscapes_depth,
+        "load_cityscapes_instances",
+        lambda *a, **k: calls.append(a) or original(*a, **k),
+    )
+    small = _load(tree)
+    assert calls == []
+    monkeypatch.setattr(cityscapes_depth, "POOL_MIN_IMAGES", 1)
+    large = _load(tree)
+    assert len(calls) == 1
+    assert large == small
+
+
 def test_register_under_new_name(tree):
     name = f"test_cityscapes_depth_{uuid.uuid4().hex}"
     register_cityscapes_depth(

@@ -39,6 +39,7 @@ fields of :mod:`panoptic_curriculum.data.depth_io`:
 Registration only records paths: nothing is read until ``DatasetCatalog.get`` is called.
 """
 
+import functools
 import importlib.util
 import json
 import logging
@@ -48,7 +49,12 @@ from typing import Dict, List, Optional, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import CITYSCAPES_CATEGORIES, _get_builtin_metadata
-from detectron2.data.datasets.cityscapes import load_cityscapes_instances, load_cityscapes_semantic
+from detectron2.data.datasets.cityscapes import (
+    _cityscapes_files_to_dict,
+    _get_cityscapes_files,
+    load_cityscapes_instances,
+    load_cityscapes_semantic,
+)
 from detectron2.data.datasets.cityscapes_panoptic import load_cityscapes_panoptic
 
 __all__ = [
@@ -172,6 +178,28 @@ def _depth_fields(image_file: str, image_dir: str, disparity_dir: str, camera_di
     }
 
 
+#: splits with fewer images convert their polygons in this process; larger ones through
+#: detectron2's loader, whose pool of processes (each importing torch and detectron2 when
+#: started by spawn, as in multi-process training) costs more than it saves on small splits
+POOL_MIN_IMAGES = 256
+
+
+def _load_instances(image_dir: str, gt_dir: str) -> List[dict]:
+    """detectron2's Cityscapes instance dicts (polygons from the JSON files, contiguous thing
+    ids): its own ``load_cityscapes_instances`` for large splits, the same per-image
+    conversion in this process for small ones."""
+    files = _get_cityscapes_files(image_dir, gt_dir)
+    if len(files) >= POOL_MIN_IMAGES:
+        return load_cityscapes_instances(image_dir, gt_dir, from_json=True, to_polygons=True)
+    convert = functools.partial(_cityscapes_files_to_dict, from_json=True, to_polygons=True)
+    dicts = [convert(f) for f in files]
+    contiguous = cityscapes_depth_metadata()["thing_dataset_id_to_contiguous_id"]
+    for d in dicts:
+        for anno in d["annotations"]:
+            anno["category_id"] = contiguous[anno["category_id"]]
+    return dicts
+
+
 def default_panoptic_paths(gt_dir: str) -> Tuple[str, str]:
     """(panoptic PNG folder, panoptic JSON) of the split whose ``gt_dir`` is
     ``<cityscapes>/gtFine/<split>``, where cityscapesscripts' ``createPanopticImgs`` writes
@@ -271,7 +299,7 @@ def load_cityscapes_depth(
             "loading Cityscapes polygons with detectron2 needs the 'shapely' package; "
             "install it with `pip install shapely`"
         )
-    instances = load_cityscapes_instances(image_dir, gt_dir, from_json=True, to_polygons=True)
+    instances = _load_instances(image_dir, gt_dir)
 
     dicts = []
     for d in instances:
