@@ -79,8 +79,21 @@ def _find_unused(model) -> bool:
             type(model).__name__,
         )
         return True
-    unused = unused_parameters(model, probe())
-    everywhere = sorted(set().union(*comm.all_gather(unused)))
+    try:
+        unused = unused_parameters(model, probe())
+    except Exception as e:  # a probe that cannot run must not stop training: search always
+        logger.warning(
+            "DDP: the probe step of %s failed (%s: %s); searching for unused parameters in "
+            "every step instead",
+            type(model).__name__,
+            type(e).__name__,
+            e,
+        )
+        unused = None
+    gathered = comm.all_gather(unused)
+    if any(u is None for u in gathered):
+        return True
+    everywhere = sorted(set().union(*gathered))
     if everywhere:
         logger.info(
             "DDP: %d trainable parameters get no gradient in this stage (%s%s); using "
