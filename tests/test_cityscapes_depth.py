@@ -1,8 +1,10 @@
-"""Tests of the Cityscapes-with-depth dataset on a tiny Cityscapes tree made in tmp_path,
-in the real folder layout and file formats."""
+"""Tests of the Cityscapes-with-depth dataset and its preparation on a tiny Cityscapes tree
+made in tmp_path, in the real folder layout and file formats."""
 
+import importlib.util
 import json
 import os
+import shutil
 import uuid
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 import panoptic_curriculum  # noqa: F401  (detectron2 compatibility fixes, dataset registration)
 
 import cv2  # noqa: E402
-from cityscapesscripts.helpers.labels import id2label, name2label  # noqa: E402
+from cityscapesscripts.helpers.labels import name2label  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.structures import BoxMode  # noqa: E402
 
@@ -21,99 +23,40 @@ from panoptic_curriculum.data.datasets.cityscapes_depth import (  # noqa: E402
     register_all_cityscapes_depth,
     register_cityscapes_depth,
 )
+from panoptic_curriculum.data.datasets.cityscapes_prepare import prepare_cityscapes  # noqa: E402
 
-H, W = 64, 128
-CITY = "testcity"
+from cityscapes_tree import (  # noqa: E402
+    BASELINE,
+    FX,
+    FY,
+    H,
+    INVALID_PIXELS,
+    SPLITS,
+    THING_CLASSES,
+    U0,
+    V0,
+    W,
+    ZERO_DISPARITY_PIXEL,
+    known_depth,
+    label_maps,
+    split_dirs,
+    write_tree,
+)
+
+CITY, IMAGES = SPLITS["train"]
 SPLIT = "train"
-FX, FY, U0, V0 = 141.4, 141.6, 63.7, 31.9  # pixels
-BASELINE = 0.209313  # metres
-THING_CLASSES = ["person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"]
-
-# per image: (name, things as (label, x0, y0, x1, y1) with inclusive integer pixel bounds)
-IMAGES = [
-    ("testcity_000000_000019", [("car", 10, 30, 40, 50), ("person", 60, 20, 70, 50)]),
-    ("testcity_000001_000019", [("car", 5, 28, 30, 45), ("car", 80, 30, 120, 52)]),
-]
-INVALID_PIXELS = [(0, 0), (10, 100), (63, 127)]  # (v, u) with p = 0
-ZERO_DISPARITY_PIXEL = (5, 5)  # p = 1: zero disparity, also invalid
-
-
-def _known_depth() -> np.ndarray:
-    v, u = np.mgrid[0:H, 0:W].astype(np.float64)
-    return 4.0 + 0.4 * v + 0.05 * u  # metres, 4 .. 35.6
 
 
 def _dirs(root):
-    cs = os.path.join(str(root), "cityscapes")
-    return {k: os.path.join(cs, k, SPLIT) for k in ("leftImg8bit", "gtFine", "disparity", "camera")}
-
-
-def _write_sample(dirs, name, things):
-    for d in dirs.values():
-        os.makedirs(os.path.join(d, CITY), exist_ok=True)
-    path = {k: os.path.join(dirs[k], CITY, name) for k in dirs}
-
-    rng = np.random.default_rng(0)
-    cv2.imwrite(path["leftImg8bit"] + "_leftImg8bit.png", rng.integers(0, 255, (H, W, 3), np.uint8))
-
-    # stuff as polygons, in Cityscapes drawing order (later objects overwrite earlier ones)
-    stuff = [
-        ("sky", 0, 0, W - 1, 24),
-        ("road", 0, 25, W - 1, 55),
-        ("ego vehicle", 0, 56, W - 1, H - 1),
-    ]
-    label_ids = np.zeros((H, W), np.uint8)
-    instance_ids = np.zeros((H, W), np.uint16)
-    objects = []
-    counts = {}
-    for label, x0, y0, x1, y1 in stuff + things:
-        lid = name2label[label].id
-        label_ids[y0 : y1 + 1, x0 : x1 + 1] = lid
-        if name2label[label].hasInstances:
-            k = counts.get(label, 0)
-            counts[label] = k + 1
-            instance_ids[y0 : y1 + 1, x0 : x1 + 1] = lid * 1000 + k
-        else:
-            instance_ids[y0 : y1 + 1, x0 : x1 + 1] = lid
-        objects.append({"label": label, "polygon": [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]})
-    train_ids = np.full((H, W), 255, np.uint8)
-    for lid in np.unique(label_ids):
-        t = id2label[int(lid)].trainId
-        train_ids[label_ids == lid] = 255 if t < 0 else t
-    gt = path["gtFine"] + "_gtFine_"
-    cv2.imwrite(gt + "labelIds.png", label_ids)
-    cv2.imwrite(gt + "instanceIds.png", instance_ids)
-    cv2.imwrite(gt + "labelTrainIds.png", train_ids)
-    with open(gt + "polygons.json", "w") as f:
-        json.dump({"imgHeight": H, "imgWidth": W, "objects": objects}, f)
-
-    p = np.round(BASELINE * FX / _known_depth() * 256.0) + 1
-    for v, u in INVALID_PIXELS:
-        p[v, u] = 0
-    p[ZERO_DISPARITY_PIXEL] = 1
-    cv2.imwrite(path["disparity"] + "_disparity.png", p.astype(np.uint16))
-
-    camera = {
-        "extrinsic": {
-            "baseline": BASELINE,
-            "pitch": 0.038,
-            "roll": 0.0,
-            "yaw": -0.0195,
-            "x": 1.7,
-            "y": 0.1,
-            "z": 1.22,
-        },
-        "intrinsic": {"fx": FX, "fy": FY, "u0": U0, "v0": V0},
-    }
-    with open(path["camera"] + "_camera.json", "w") as f:
-        json.dump(camera, f)
+    return split_dirs(root, SPLIT)
 
 
 @pytest.fixture
 def tree(tmp_path):
-    dirs = _dirs(tmp_path)
-    for name, things in IMAGES:
-        _write_sample(dirs, name, things)
+    """The train split in the official layout, prepared (labelTrainIds, panoptic) by the
+    plugin's preparation step as a user would."""
+    dirs = write_tree(tmp_path, splits=(SPLIT,))[SPLIT]
+    prepare_cityscapes(os.path.join(str(tmp_path), "cityscapes"), splits=(SPLIT,), workers=1)
     return dirs
 
 
@@ -153,6 +96,21 @@ def _check_dicts(dicts, dirs):
             assert not a["iscrowd"]
             assert len(a["segmentation"]) == 1 and len(a["segmentation"][0]) >= 8
 
+        # panoptic fields (detectron2's Cityscapes panoptic loader), in the model's ids
+        assert d["image_id"] == name
+        assert d["pan_seg_file_name"] == os.path.join(
+            os.path.dirname(dirs["gtFine"]),
+            f"cityscapes_panoptic_{SPLIT}",
+            name + "_gtFine_panoptic.png",
+        )
+        want_segments = {(7, 0, False), (23, 10, False)}  # road, sky: train ids; ego: void
+        seen = {}
+        for label, *_ in things:
+            k = seen[label] = seen.get(label, -1) + 1
+            want_segments.add((name2label[label].id * 1000 + k, THING_CLASSES.index(label), True))
+        got_segments = {(g["id"], g["category_id"], g["isthing"]) for g in d["segments_info"]}
+        assert got_segments == want_segments
+
 
 def test_load_cityscapes_depth(tree):
     dicts = _load(tree)
@@ -162,7 +120,7 @@ def test_load_cityscapes_depth(tree):
     sem = cv2.imread(dicts[0]["sem_seg_file_name"], cv2.IMREAD_UNCHANGED)
     assert sem.shape == (H, W) and sem[40, 20] == 13 and sem[60, 5] == 255 and sem[5, 5] == 10
 
-    truth = _known_depth()
+    truth = known_depth()
     disparity = BASELINE * FX / truth
     half_step = 0.5 / 256.0  # rounding of disparity * 256
     # |b f / d' - b f / d| <= b f delta / (d (d - delta)) for |d' - d| <= delta, + float32
@@ -176,6 +134,26 @@ def test_load_cityscapes_depth(tree):
         assert depth.dtype == np.float32 and depth.shape == (H, W)
         assert np.all(depth[invalid] == 0.0)
         assert np.all(np.abs(depth[~invalid] - truth[~invalid]) <= bound[~invalid])
+
+
+def test_large_splits_load_through_detectron2s_pool(tree, monkeypatch):
+    """Small splits convert the polygons in this process, large ones through detectron2's
+    load_cityscapes_instances (a pool): the same dicts either way."""
+    from panoptic_curriculum.data.datasets import cityscapes_depth
+
+    calls = []
+    original = cityscapes_depth.load_cityscapes_instances
+    monkeypatch.setattr(
+        cityscapes_depth,
+        "load_cityscapes_instances",
+        lambda *a, **k: calls.append(a) or original(*a, **k),
+    )
+    small = _load(tree)
+    assert calls == []
+    monkeypatch.setattr(cityscapes_depth, "POOL_MIN_IMAGES", 1)
+    large = _load(tree)
+    assert len(calls) == 1
+    assert large == small
 
 
 def test_register_under_new_name(tree):
@@ -206,6 +184,28 @@ def test_official_names_registered_lazily():
         assert len(meta.thing_colors) == 8 and len(meta.stuff_colors) == 19
         assert meta.image_dir.endswith(os.path.join("cityscapes", "leftImg8bit", split))
         assert meta.gt_dir.endswith(os.path.join("cityscapes", "gtFine", split))
+        # where detectron2's cityscapes_fine_panoptic_<split> reads the panoptic ground truth
+        d2_meta = MetadataCatalog.get(f"cityscapes_fine_panoptic_{split}")
+        assert meta.panoptic_json.endswith(d2_meta.panoptic_json.split("datasets/", 1)[-1])
+        assert meta.panoptic_root.endswith(os.path.join("gtFine", f"cityscapes_panoptic_{split}"))
+        assert meta.label_divisor == 1000
+        # Cityscapes label id -> the model's ids: thing index, stuff train id
+        assert meta.thing_dataset_id_to_contiguous_id == {
+            name2label[n].id: i for i, n in enumerate(THING_CLASSES)
+        }
+        assert meta.stuff_dataset_id_to_contiguous_id == {
+            7: 0,
+            8: 1,
+            11: 2,
+            12: 3,
+            13: 4,
+            17: 5,
+            19: 6,
+            20: 7,
+            21: 8,
+            22: 9,
+            23: 10,
+        }
 
 
 def _camera_file(dirs, i=1):
@@ -264,3 +264,102 @@ def test_image_folder_without_images(tmp_path):
     assert dirs["leftImg8bit"] in str(e.value)
     with pytest.raises(FileNotFoundError, match="not found"):
         _load(_dirs(tmp_path / "absent"))
+
+
+# ---------------------------------------------------------------- preparation
+
+
+def _prepared_split(root, split):
+    """labelTrainIds of every image of ``split`` equal the expected ones; the panoptic JSON
+    and PNGs hold every image's segments (void where the label is ignored in evaluation)."""
+    from panopticapi.utils import rgb2id
+
+    city, images = SPLITS[split]
+    dirs = split_dirs(root, split)
+    gt_root = os.path.dirname(dirs["gtFine"])
+    with open(os.path.join(gt_root, f"cityscapes_panoptic_{split}.json")) as f:
+        pan = json.load(f)
+    assert len(pan["categories"]) == 19
+    assert [im["id"] for im in pan["images"]] == [name for name, _ in images]
+    for (name, things), ann in zip(images, pan["annotations"]):
+        label_ids, instance_ids, train_ids = label_maps(things)
+        base = os.path.join(dirs["gtFine"], city, name + "_gtFine_")
+        got = cv2.imread(base + "labelTrainIds.png", cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(got, train_ids)
+        png = cv2.imread(
+            os.path.join(gt_root, f"cityscapes_panoptic_{split}", ann["file_name"]),
+            cv2.IMREAD_COLOR,
+        )
+        ids = rgb2id(png[:, :, ::-1])
+        want = np.where(label_ids == name2label["ego vehicle"].id, 0, instance_ids)
+        np.testing.assert_array_equal(ids, want)
+        assert {s["id"] for s in ann["segments_info"]} == set(np.unique(want)) - {0}
+
+
+def test_prepare_makes_the_derived_files(tmp_path):
+    write_tree(tmp_path)
+    cs = os.path.join(str(tmp_path), "cityscapes")
+    report = prepare_cityscapes(cs, workers=1)
+    assert report == {
+        split: {"labelTrainIds": 2, "labelIds": 0, "instanceIds": 0, "panoptic": 2}
+        for split in ("train", "val")
+    }
+    for split in ("train", "val"):
+        _prepared_split(tmp_path, split)
+    # again: nothing to do
+    assert prepare_cityscapes(cs, splits=("val",), workers=1) == {
+        "val": {"labelTrainIds": 0, "labelIds": 0, "instanceIds": 0, "panoptic": 0}
+    }
+    # label and instance id PNGs are made from the polygons where missing (json2instanceImg
+    # through the Pillow 13 fix), equal to the official ones; --overwrite remakes the rest
+    city, images = SPLITS["val"]
+    base = os.path.join(split_dirs(tmp_path, "val")["gtFine"], city, images[1][0] + "_gtFine_")
+    os.remove(base + "labelIds.png")
+    os.remove(base + "instanceIds.png")
+    assert prepare_cityscapes(cs, splits=("val",), overwrite=True, workers=2) == {
+        "val": {"labelTrainIds": 2, "labelIds": 1, "instanceIds": 1, "panoptic": 2}
+    }
+    label_ids, instance_ids, _ = label_maps(images[1][1])
+    got = cv2.imread(base + "instanceIds.png", cv2.IMREAD_UNCHANGED)
+    assert got.dtype == np.uint16
+    np.testing.assert_array_equal(got, instance_ids)
+    np.testing.assert_array_equal(
+        cv2.imread(base + "labelIds.png", cv2.IMREAD_UNCHANGED), label_ids
+    )
+    _prepared_split(tmp_path, "val")
+
+
+@pytest.mark.parametrize(
+    "remove, download",
+    [
+        ("camera/val", "camera_trainvaltest.zip"),
+        ("disparity/val/valcity/valcity_000001_000019_disparity.png", "disparity_trainvaltest.zip"),
+        (
+            "gtFine/val/valcity/valcity_000000_000019_gtFine_polygons.json",
+            "gtFine_trainvaltest.zip",
+        ),
+        ("leftImg8bit/val/valcity", "leftImg8bit_trainvaltest.zip"),
+    ],
+    ids=["camera", "disparity", "polygons", "images"],
+)
+def test_prepare_names_the_missing_download(tmp_path, remove, download):
+    write_tree(tmp_path, splits=("val",))
+    cs = os.path.join(str(tmp_path), "cityscapes")
+    path = os.path.join(cs, remove)
+    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    with pytest.raises(FileNotFoundError, match=download):
+        prepare_cityscapes(cs, splits=("val",), workers=1)
+
+
+def test_prepare_tool(tmp_path):
+    write_tree(tmp_path, splits=("val",))
+    spec = importlib.util.spec_from_file_location(
+        "prepare_cityscapes_tool",
+        os.path.join(os.path.dirname(__file__), "..", "tools", "prepare_cityscapes.py"),
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    cs = os.path.join(str(tmp_path), "cityscapes")
+    report = tool.main(["--cityscapes-dir", cs, "--splits", "val", "--workers", "1"])
+    assert report["val"]["labelTrainIds"] == 2 and report["val"]["panoptic"] == 2
+    _prepared_split(tmp_path, "val")

@@ -2,6 +2,7 @@
 clear errors for bad input."""
 
 import copy
+import os
 
 import cv2
 import numpy as np
@@ -11,8 +12,8 @@ import torch
 import detectron2.data.transforms as T
 from detectron2.config import get_cfg
 
-from panoptic_curriculum import add_panoptic_curriculum_config
-from panoptic_curriculum.data.dataset_mapper import RGBDDatasetMapper
+from panoptic_curriculum import add_panoptic_curriculum_config, load_config
+from panoptic_curriculum.data.dataset_mapper import RGBDDatasetMapper, build_rgbd_augmentation
 from panoptic_curriculum.geometry import backproject, project
 
 
@@ -189,3 +190,77 @@ def test_missing_depth_policy(small_dicts):
 def test_unknown_depth_format(small_dicts):
     with pytest.raises(KeyError, match="unknown depth_format 'exr'"):
         _map(dict(small_dicts[0], depth_format="exr"), [])
+
+
+# ---------------------------------------------------------------- augmentation order
+
+CONFIGS = sorted(
+    os.path.join(root, f)
+    for root, _, files in os.walk(os.path.join(os.path.dirname(__file__), "..", "configs"))
+    for f in files
+    if f.startswith("curriculum_")
+)
+
+
+@pytest.mark.parametrize("config_file", CONFIGS, ids=os.path.basename)
+def test_every_config_resizes_then_crops(config_file):
+    cfg = load_config(config_file)
+    augs = build_rgbd_augmentation(cfg, is_train=True)
+    kinds = [type(a) for a in augs]
+    if cfg.INPUT.CROP.ENABLED:
+        assert kinds == [T.ResizeShortestEdge, T.RandomCrop, T.RandomFlip]
+        assert tuple(augs[1].crop_size) == tuple(cfg.INPUT.CROP.SIZE)
+    else:
+        assert kinds == [T.ResizeShortestEdge, T.RandomFlip]
+    # never a crop at inference
+    assert [type(a) for a in build_rgbd_augmentation(cfg, is_train=False)] == [T.ResizeShortestEdge]
+
+
+def test_cityscapes_sample_resized_then_cropped_with_k_and_depth(tmp_path):
+    """A 1024x2048 Cityscapes-sized sample through the Cityscapes config's training mapper:
+    every output is the configured 512x1024 crop of an image resized by a random scale, and
+    the new K describes it. Depth encodes each source pixel (1 + u + W v), so the output depth
+    names the source pixel of every output pixel (nearest-neighbour resampling), and the ray
+    of every output pixel centre through the new K must be the ray of that source pixel
+    through the original K, up to half a source pixel (mirrored in x after a flip)."""
+    h, w = 1024, 2048
+    K = np.array([[2262.52, 0.0, 1096.98], [0.0, 2265.30, 513.137], [0.0, 0.0, 1.0]])
+    cv2.imwrite(str(tmp_path / "image.png"), np.full((h, w, 3), 100, np.uint8))
+    cv2.imwrite(str(tmp_path / "labels.png"), np.full((h, w), 7, np.uint8))
+    v, u = np.mgrid[0:h, 0:w]
+    np.save(tmp_path / "depth.npy", (1.0 + u + w * v).astype(np.float32))  # exact in float32
+    d = {
+        "file_name": str(tmp_path / "image.png"),
+        "sem_seg_file_name": str(tmp_path / "labels.png"),
+        "depth_file_name": str(tmp_path / "depth.npy"),
+        "depth_format": "npy_m",
+        "intrinsics": K.tolist(),
+        "height": h,
+        "width": w,
+    }
+    cfg = load_config("configs/cityscapes/curriculum_R50_FPN.yaml", ["INPUT.DEPTH.MAX_DEPTH", 1e9])
+    mapper = RGBDDatasetMapper(cfg, is_train=True)
+    scales, flips = set(), set()
+    for seed in range(4):
+        np.random.seed(seed)  # detectron2's augmentations draw from NumPy's global RNG
+        out = mapper(d)
+        assert out["image"].shape == (3, 512, 1024)
+        assert out["sem_seg"].shape == out["depth"].shape == (512, 1024)
+        assert bool((out["sem_seg"] == 7).all())
+        source = out["depth"].numpy().astype(np.int64) - 1
+        su, sv = source % w, source // w
+        K2 = out["intrinsics"].double().numpy()
+        scales.add(round(K2[0, 0] / K[0, 0], 6))
+        flipped = bool(su[0, 1] < su[0, 0])
+        flips.add(flipped)
+        vo, uo = np.mgrid[0:512, 0:1024]
+        ray_x = (uo - K2[0, 2]) / K2[0, 0]
+        ray_y = (vo - K2[1, 2]) / K2[1, 1]
+        src_x = (su - K[0, 2]) / K[0, 0] * (-1 if flipped else 1)
+        src_y = (sv - K[1, 2]) / K[1, 1]
+        half = 0.5 + 1e-3  # half a source pixel, plus float32 rounding of the new K
+        assert np.abs(ray_x - src_x).max() <= half / K[0, 0]
+        assert np.abs(ray_y - src_y).max() <= half / K[1, 1]
+        np.testing.assert_allclose(K2[0, 0] / K[0, 0], K2[1, 1] / K[1, 1], rtol=1e-6)  # float32 K
+    assert len(scales) > 1  # the random resize did happen, and before the crop
+    assert flips == {True, False}  # these seeds draw both

@@ -129,3 +129,130 @@ def test_launch_world_size_one_calls_directly():
     calls = []
     launch(lambda *a: calls.append((a, os.getpid())), 1, args=(1, "x"))
     assert calls == [((1, "x"), os.getpid())]
+
+
+# ---------------------------------------------------------------- every config, every stage
+
+CONFIG_FILES = sorted(
+    os.path.relpath(os.path.join(d, f), os.path.join(TESTS_DIR, ".."))
+    for d, _, files in os.walk(os.path.join(TESTS_DIR, "..", "configs"))
+    for f in files
+    if f.startswith("curriculum_")
+)
+TRAINING_STAGES = ("semantic", "instance", "joint")
+# (config, stage) whose model holds trainable parameters that no loss reaches: the COCO
+# config's semantic stage reads p2 and p5 only, with depth off (backbone.fpn_output3/4)
+NEEDS_FIND_UNUSED = {("configs/coco/curriculum_R50_FPN.yaml", "semantic")}
+
+
+def _recording_trainer():
+    from panoptic_curriculum.engine import PanopticCurriculumTrainer
+
+    class RecordingTrainer(PanopticCurriculumTrainer):
+        """Records, per training stage, how the model was wrapped and a checksum of every
+        parameter after training."""
+
+        records = []
+
+        def train(self):
+            super().train()
+            model = self._trainer.model
+            module = model.module if hasattr(model, "module") else model
+            RecordingTrainer.records.append(
+                {
+                    "stage": os.path.basename(self.cfg.OUTPUT_DIR),
+                    "wrapper": type(model).__name__,
+                    "find_unused": getattr(model, "find_unused_parameters", None),
+                    "iter": self.iter,
+                    "checksums": {
+                        n: float(p.detach().double().sum()) for n, p in module.named_parameters()
+                    },
+                }
+            )
+
+    return RecordingTrainer
+
+
+def _all_configs_worker(split_name, root, out_dir):
+    """Each process: every shipped config, shrunk, through semantic -> instance -> merge ->
+    joint on the small synthetic split, 2 iterations per training stage."""
+    if TESTS_DIR not in sys.path:
+        sys.path.insert(0, TESTS_DIR)
+    torch.set_num_threads(1)
+
+    from detectron2.data import DatasetCatalog
+    from detectron2.utils import comm
+
+    from panoptic_curriculum.data.datasets.synthetic_scenes import register_synthetic_scenes
+    from panoptic_curriculum.engine import run_curriculum
+
+    from model_utils import tiny_cfg
+
+    if split_name not in DatasetCatalog.list():
+        register_synthetic_scenes(split_name, root, **SMALL_PARAMS)
+    trainer_cls = _recording_trainer()
+    records = {}
+    for config_file in CONFIG_FILES:
+        overrides = {
+            "MODEL.WEIGHTS": "",
+            "MODEL.RESNETS.DEPTH": 18,
+            "MODEL.RESNETS.RES2_OUT_CHANNELS": 64,
+            "MODEL.XCEPTION.MIDDLE_BLOCKS": 1,
+            "MODEL.XCEPTION.WIDTH_MULTIPLIER": 0.25,
+            "DATASETS.TRAIN": (split_name,),
+            "DATASETS.TEST": (),
+            "INPUT.MASK_FORMAT": "bitmask",  # the synthetic masks are RLE
+            "INPUT.MIN_SIZE_TRAIN": (64,),
+            "INPUT.MAX_SIZE_TRAIN": 128,
+            "INPUT.CROP.SIZE": (48, 64),
+            "SOLVER.IMS_PER_BATCH": WORLD_SIZE,
+            "SOLVER.WARMUP_ITERS": 0,
+            "SOLVER.CHECKPOINT_PERIOD": 100000,
+            "DATALOADER.NUM_WORKERS": 0,
+            "CURRICULUM.STAGES": ["semantic", "instance", "merge", "joint"],
+            "CURRICULUM.SEMANTIC_ITER": 2,
+            "CURRICULUM.INSTANCE_ITER": 2,
+            "CURRICULUM.JOINT_ITER": 2,
+            "OUTPUT_DIR": os.path.join(out_dir, config_file.replace("/", "_")),
+            "SEED": 0,
+        }
+        cfg = tiny_cfg(
+            os.path.join(TESTS_DIR, "..", config_file),
+            *[x for kv in overrides.items() for x in kv],
+        )
+        trainer_cls.records.clear()
+        run_curriculum(cfg, trainer_cls=trainer_cls)
+        records[config_file] = list(trainer_cls.records)
+    with open(os.path.join(out_dir, f"all_rank{comm.get_rank()}.json"), "w") as f:
+        json.dump(records, f)
+
+
+def test_every_config_and_stage_trains_in_two_processes(
+    small_split, small_dicts, synthetic_root, tmp_path
+):
+    """DDP with frozen (instance stage) and unused (COCO semantic stage) parameters: each
+    training stage of each shipped config trains 2 iterations in 2 gloo processes, with
+    ``find_unused_parameters`` only where the stage needs it, and the replicas stay equal."""
+    assert len(small_dicts) == 6
+    launch(
+        _all_configs_worker,
+        WORLD_SIZE,
+        dist_url=f"file://{tmp_path / 'dist_init'}",
+        args=(small_split, synthetic_root, str(tmp_path)),
+    )
+    ranks = []
+    for r in range(WORLD_SIZE):
+        with open(tmp_path / f"all_rank{r}.json") as f:
+            ranks.append(json.load(f))
+    assert sorted(ranks[0]) == CONFIG_FILES and len(CONFIG_FILES) == 5
+    for config_file in CONFIG_FILES:
+        per_rank = [r[config_file] for r in ranks]
+        for rank_records in per_rank:
+            assert [rec["stage"] for rec in rank_records] == list(TRAINING_STAGES)
+        for stage_i, stage in enumerate(TRAINING_STAGES):
+            recs = [rank_records[stage_i] for rank_records in per_rank]
+            for rec in recs:
+                assert rec["wrapper"] == "DistributedDataParallel", (config_file, stage)
+                assert rec["find_unused"] == ((config_file, stage) in NEEDS_FIND_UNUSED)
+                assert rec["iter"] == 2
+            assert recs[0]["checksums"] == recs[1]["checksums"], (config_file, stage)

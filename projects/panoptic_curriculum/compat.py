@@ -24,6 +24,11 @@ What each piece supplies:
   ``scripting_with_instances``, ``dump_torchscript_IR``) and model analysis work; anything
   that would run Caffe2 itself raises :class:`Caffe2UnavailableError`. The stand-in's finder
   sits last on ``sys.meta_path``, so a real ``caffe2`` is always found first.
+* ``cityscapesscripts`` 2.3 (fixed in each of its modules right after that module is first
+  imported, see :func:`install_cityscapesscripts_fixes`): its evaluations call ``np.in1d``,
+  removed in NumPy 2.4; its instance evaluation writes NumPy scalars with a JSON encoder that
+  cannot, and writes ``matches.json`` into the current directory; ``json2instanceImg`` saves a
+  32-bit image as PNG, which Pillow 13 refuses.
 
 :func:`import_imagecorruptions` (called by :mod:`panoptic_curriculum.data.corruptions`, not
 at package import: scikit-image is slow to import) makes ``imagecorruptions`` 1.1.2 run on
@@ -36,6 +41,7 @@ and its frost images are located with ``pkg_resources.resource_filename`` on a m
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import json
 import logging
 import os
 import sys
@@ -436,8 +442,219 @@ def apply() -> dict:
     }
     report["layers"] = patch_layers_without_extension()
     report["coco_eval"] = patch_coco_eval_without_extension()
+    report["cityscapesscripts"] = install_cityscapesscripts_fixes()
     _APPLIED = True
     changed = {k: v for k, v in report.items() if v}
     if changed:
         logger.debug("detectron2 compatibility fixes applied: %s", changed)
     return report
+
+
+# ---------------------------------------------------------------- cityscapesscripts
+#
+# cityscapesscripts' modules read environment variables into globals when imported, so they
+# are not imported here: each fix runs right after its module is first imported (by
+# detectron2's Cityscapes evaluators, tools/prepare_cityscapes.py or the user), or at once
+# when it already is.
+
+_CS_PIXEL_EVAL = "cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling"
+_CS_INSTANCE_EVAL = "cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling"
+_CS_JSON2INSTANCE = "cityscapesscripts.preparation.json2instanceImg"
+_CS_TRAINID_INSTANCE = "cityscapesscripts.preparation.createTrainIdInstanceImgs"
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """A meta-path finder that runs callbacks on a module right after its code has run for the
+    first time (before the importer gets it). It only wraps the loader another finder
+    returns; modules whose loader has no ``exec_module`` are left alone."""
+
+    def __init__(self):
+        self.callbacks = {}  # module name -> [fn(module)]
+
+    def find_spec(self, fullname, path=None, target=None):
+        callbacks = self.callbacks.get(fullname)
+        if not callbacks:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        exec_module = loader.exec_module
+        todo = self.callbacks.pop(fullname)
+
+        def exec_then_fix(module):
+            exec_module(module)
+            for fn in todo:
+                fn(module)
+
+        loader.exec_module = exec_then_fix
+        return spec
+
+
+_after_import = _AfterImport()
+
+
+def when_imported(name: str, fn) -> None:
+    """Call ``fn(module)`` once module ``name`` is imported: now if it already is, else right
+    after its first import."""
+    if name in sys.modules:
+        fn(sys.modules[name])
+        return
+    _after_import.callbacks.setdefault(name, []).append(fn)
+    if _after_import not in sys.meta_path:
+        sys.meta_path.insert(0, _after_import)
+
+
+class _NumPyWithIn1d(types.ModuleType):
+    """NumPy plus ``in1d`` (removed in NumPy 2.4), for one module's ``np`` global only."""
+
+    def __init__(self, numpy_module):
+        super().__init__(numpy_module.__name__, numpy_module.__doc__)
+        self._numpy = numpy_module
+
+    def __getattr__(self, name):
+        return getattr(self._numpy, name)
+
+    def in1d(self, ar1, ar2, assume_unique=False, invert=False):
+        """``np.in1d``: flat bool array, True where an element of ``ar1`` is in ``ar2``."""
+        return self._numpy.isin(
+            self._numpy.ravel(ar1), ar2, assume_unique=assume_unique, invert=invert
+        )
+
+
+def patch_module_in1d(module) -> bool:
+    """Give ``module`` (a cityscapesscripts evaluation) a ``np`` global that has ``in1d``, where
+    its NumPy lacks it. NumPy itself is left unchanged. Returns whether it was patched."""
+    numpy_module = getattr(module, "np", None)
+    if numpy_module is None or hasattr(numpy_module, "in1d"):
+        return False
+    module.np = _NumPyWithIn1d(numpy_module)
+    return True
+
+
+def _json_default(obj):
+    """JSON fallback of cityscapesscripts' writer (objects as their attributes), plus NumPy
+    scalars and arrays."""
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if hasattr(obj, "__dict__"):
+        return obj.__dict__
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def _writer_handles_numpy(writer) -> bool:
+    import tempfile
+
+    import numpy as np
+
+    with tempfile.TemporaryDirectory(prefix="pc_compat_") as tmp:
+        try:
+            writer({"probe": np.int64(1)}, os.path.join(tmp, "probe.json"))
+        except (TypeError, AttributeError, ValueError):
+            return False
+    return True
+
+
+def patch_instance_eval_json(module) -> bool:
+    """cityscapesscripts' instance evaluation writes its matches with ``writeDict2JSON``,
+    whose encoder cannot write the NumPy scalars NumPy 2 counts return, to ``matches.json``
+    in the current directory. Replace the module's writer with one that writes NumPy scalars
+    and puts relative file names beside ``args.gtInstancesFile`` (the evaluation's working
+    folder; detectron2 sets it to its temporary directory). Only where the library's writer
+    fails on NumPy scalars or ``evaluateImgLists`` writes to a relative path. Returns whether
+    it was patched."""
+    writer = getattr(module, "writeDict2JSON", None)
+    evaluate = getattr(module, "evaluateImgLists", None)
+    if writer is None or getattr(writer, "_panoptic_curriculum_fix", False):
+        return False
+    relative = evaluate is not None and "matches.json" in evaluate.__code__.co_consts
+    if not relative and _writer_handles_numpy(writer):
+        return False
+
+    def writeDict2JSON(dictName, fileName):
+        if not os.path.isabs(fileName):
+            folder = os.path.dirname(os.path.abspath(module.args.gtInstancesFile))
+            fileName = os.path.join(folder, fileName)
+        with open(fileName, "w") as f:
+            json.dump(dictName, f, default=_json_default, sort_keys=True, indent=4)
+
+    writeDict2JSON._panoptic_curriculum_fix = True
+    module.writeDict2JSON = writeDict2JSON
+    return True
+
+
+def pillow_writes_int32_png() -> bool:
+    """Whether Pillow can save a 32-bit integer ("I") image as PNG (Pillow 13 cannot)."""
+    import io
+
+    from PIL import Image
+
+    try:
+        Image.new("I", (1, 1)).save(io.BytesIO(), format="PNG")
+    except OSError:
+        return False
+    return True
+
+
+def patch_json2instance_img(module) -> bool:
+    """cityscapesscripts' ``json2instanceImg`` draws the instance ids into a 32-bit "I" image
+    and saves it as PNG, which Pillow 13 refuses. Where Pillow cannot, replace it (in
+    ``module``: ``json2instanceImg`` itself or a module that imported the function) by one
+    that draws the same image and saves the ids as a 16-bit PNG, the format of the official
+    ``*_gtFine_instanceIds.png``. Returns whether it was patched."""
+    original = getattr(module, "json2instanceImg", None)
+    if original is None or getattr(original, "_panoptic_curriculum_fix", False):
+        return False
+    if pillow_writes_int32_png():
+        return False
+    source = sys.modules[original.__module__]  # createInstanceImage and Annotation live there
+
+    def json2instanceImg(inJson, outImg, encoding="ids"):
+        import numpy as np
+        from PIL import Image
+
+        annotation = source.Annotation()
+        annotation.fromJsonFile(inJson)
+        image = source.createInstanceImage(annotation, encoding)
+        if image is None:
+            raise ValueError(f"unknown encoding {encoding!r}; use 'ids' or 'trainIds'")
+        ids = np.asarray(image, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() > np.iinfo(np.uint16).max):
+            raise ValueError(
+                f"instance ids of {inJson} span {ids.min()}..{ids.max()}, outside a 16-bit PNG"
+            )
+        Image.fromarray(ids.astype(np.uint16)).save(outImg)
+
+    json2instanceImg._panoptic_curriculum_fix = True
+    json2instanceImg.__doc__ = original.__doc__
+    module.json2instanceImg = json2instanceImg
+    return True
+
+
+def install_cityscapesscripts_fixes() -> list:
+    """Register the cityscapesscripts fixes (each applied when its module is imported, and
+    inert where the library already works). Returns the modules they watch; empty when
+    cityscapesscripts is not installed."""
+    if importlib.util.find_spec("cityscapesscripts") is None:
+        return []
+    fixes = [
+        (_CS_PIXEL_EVAL, patch_module_in1d),
+        (_CS_INSTANCE_EVAL, patch_module_in1d),
+        (_CS_INSTANCE_EVAL, patch_instance_eval_json),
+        (_CS_JSON2INSTANCE, patch_json2instance_img),
+        (_CS_TRAINID_INSTANCE, patch_json2instance_img),
+    ]
+    for name, fn in fixes:
+        when_imported(name, fn)
+    return sorted({name for name, _ in fixes})

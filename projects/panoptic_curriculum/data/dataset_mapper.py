@@ -23,10 +23,14 @@ logger = logging.getLogger(__name__)
 
 
 def build_rgbd_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
-    """detectron2's resize / flip augmentations, preceded at training time by a random crop
-    when ``INPUT.CROP.ENABLED`` (category-area constrained when
-    ``INPUT.CROP.SINGLE_CATEGORY_MAX_AREA < 1``) and followed at training time by the camera
-    (zoom) and photometric augmentations of ``INPUT.CAMERA_AUG`` / ``INPUT.PHOTOMETRIC``
+    """detectron2's resize (``INPUT.MIN_SIZE_*``/``MAX_SIZE_*``) and flip augmentations, with
+    at training time a random crop of ``INPUT.CROP.SIZE`` *after* the resize when
+    ``INPUT.CROP.ENABLED`` (category-area constrained when
+    ``INPUT.CROP.SINGLE_CATEGORY_MAX_AREA < 1``): resize, crop, flip, as DeepLab trains, so
+    that the crop size is the size of the training tensors. (detectron2's own
+    ``build_augmentation`` crops first, which makes the crop a region of the original image
+    and leaves the tensor size to the resize.) At training time the camera (zoom)
+    and photometric augmentations of ``INPUT.CAMERA_AUG`` / ``INPUT.PHOTOMETRIC`` follow
     when enabled (see :mod:`.augmentations`)."""
     augs = utils.build_augmentation(cfg, is_train)
     if is_train and cfg.INPUT.CROP.ENABLED:
@@ -40,7 +44,8 @@ def build_rgbd_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
             )
         else:
             crop = T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE)
-        augs.insert(0, crop)
+        resizes = [i for i, a in enumerate(augs) if isinstance(a, T.ResizeShortestEdge)]
+        augs.insert(resizes[-1] + 1 if resizes else 0, crop)
     if is_train:
         augs += build_extra_train_augmentation(cfg)
     return augs

@@ -8,7 +8,6 @@ import weakref
 from collections import OrderedDict
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from detectron2.data import (
     MetadataCatalog,
@@ -38,6 +37,7 @@ from ..data.labels import check_training_labels
 from ..evaluation import DepthEvaluator
 from .checkpoint import AtomicCheckpointer
 from .data import PositionalDataset, ResumableTrainingSampler, SeededMapper
+from .ddp import create_ddp_model
 from .freeze import freeze_modules
 from .hooks import RNGStateHook
 from .pointcloud_hook import build_pointcloud_hook
@@ -47,23 +47,8 @@ __all__ = ["PanopticCurriculumTrainer", "create_ddp_model"]
 logger = logging.getLogger(__name__)
 
 
-def create_ddp_model(model, *, fp16_compression=False, **kwargs):
-    """detectron2's ``create_ddp_model`` that also wraps CPU models (gloo): ``device_ids``
-    is only passed for CUDA models. Identical to detectron2's for GPU models."""
-    if comm.get_world_size() == 1:
-        return model
-    if "device_ids" not in kwargs and next(model.parameters()).is_cuda:
-        kwargs["device_ids"] = [comm.get_local_rank()]
-    ddp = DistributedDataParallel(model, **kwargs)
-    if fp16_compression:
-        from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks
-
-        ddp.register_comm_hook(state=None, hook=comm_hooks.fp16_compress_hook)
-    return ddp
-
-
 # DefaultTrainer.__init__ calls the module-level function; v0.6's passes CUDA device ids even
-# for CPU models, which DistributedDataParallel rejects.
+# for CPU models, which DistributedDataParallel rejects, and never finds unused parameters.
 d2_defaults.create_ddp_model = create_ddp_model
 
 
@@ -157,7 +142,8 @@ class PanopticCurriculumTrainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         """Evaluators for ``dataset_name`` given its ``evaluator_type`` and the model's
         branches: semantic (SemSeg / Cityscapes), instances (COCO / Cityscapes), panoptic
-        (COCO panoptic, needs both) and depth (datasets with ``has_depth``)."""
+        (COCO panoptic, also for Cityscapes with depth; needs both branches) and depth
+        (datasets with ``has_depth``)."""
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         meta = MetadataCatalog.get(dataset_name)
@@ -181,6 +167,14 @@ class PanopticCurriculumTrainer(DefaultTrainer):
                 evaluators.append(CityscapesSemSegEvaluator(dataset_name))
             if inst and kind != "cityscapes_sem_seg":
                 evaluators.append(CityscapesInstanceEvaluator(dataset_name))
+            if sem and inst and kind == "cityscapes_depth":
+                panoptic_json = meta.get("panoptic_json", None)
+                if not panoptic_json or not os.path.isfile(panoptic_json):
+                    raise FileNotFoundError(
+                        f"the panoptic evaluation of {dataset_name} needs its panoptic ground "
+                        f"truth {panoptic_json}; make it with tools/prepare_cityscapes.py"
+                    )
+                evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
         if pc.DEPTH_ON and meta.get("has_depth", False):
             evaluators.append(
                 DepthEvaluator(

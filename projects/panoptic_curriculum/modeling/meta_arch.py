@@ -16,7 +16,7 @@ from detectron2.modeling import (
     build_roi_heads,
     build_sem_seg_head,
 )
-from detectron2.structures import ImageList
+from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 
 from ..config_validation import validate_config
@@ -347,6 +347,41 @@ class PanopticCurriculumModel(nn.Module):
             "logits_3d": logits_3d,
             "logits_2d": logits_2d,
         }
+
+    def probe_inputs(self, height: int = 64, width: int = 96, batch_size: int = 2):
+        """A small synthetic training batch that runs every branch that is built: each image
+        uniform grey, semantic class 0 everywhere, one thing of class 0 (a centred box and
+        its mask), depth 5 m everywhere, and a pinhole K (fx = fy = ``width`` pixels, centred
+        principal point). Used to find the parameters a training step leaves without a
+        gradient (:func:`panoptic_curriculum.engine.ddp.unused_parameters`); the numbers mean
+        nothing.
+
+        Returns:
+            ``batch_size`` dicts with ``"image"`` ``[3, height, width]`` uint8 and, for the
+            branches built, ``"sem_seg"`` ``[H, W]`` int64, ``"instances"``, ``"depth"``
+            ``[H, W]`` metres and ``"intrinsics"`` ``[3, 3]`` pixels.
+        """
+        h, w = height, width
+        y0, y1, x0, x1 = h // 4, 3 * h // 4, w // 4, 3 * w // 4
+        K = torch.tensor([[w, 0.0, (w - 1) / 2], [0.0, w, (h - 1) / 2], [0.0, 0.0, 1.0]])
+        batch = []
+        for _ in range(batch_size):
+            x = {"image": torch.full((3, h, w), 128, dtype=torch.uint8), "height": h, "width": w}
+            if self.sem_seg_head is not None:
+                x["sem_seg"] = torch.zeros((h, w), dtype=torch.long)
+            if self.proposal_generator is not None:
+                mask = torch.zeros((1, h, w), dtype=torch.bool)
+                mask[0, y0:y1, x0:x1] = True
+                inst = Instances((h, w))
+                inst.gt_boxes = Boxes(torch.tensor([[x0, y0, x1, y1]], dtype=torch.float32))
+                inst.gt_classes = torch.zeros(1, dtype=torch.int64)
+                inst.gt_masks = BitMasks(mask)
+                x["instances"] = inst
+            if self.depth_head is not None:
+                x["depth"] = torch.full((h, w), 5.0)
+                x["intrinsics"] = K.clone()
+            batch.append(x)
+        return batch
 
     # ------------------------------------------------------------------ forward
     def forward(self, batched_inputs: List[Dict]):

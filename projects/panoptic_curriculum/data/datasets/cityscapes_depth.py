@@ -9,13 +9,22 @@ official Cityscapes layout under ``<root>/cityscapes/``::
     gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_polygons.json       polygons, image size
     disparity/<split>/<city>/<city>_<seq>_<frame>_disparity.png           16-bit disparity
     camera/<split>/<city>/<city>_<seq>_<frame>_camera.json                calibration
+    gtFine/cityscapes_panoptic_<split>.json                               panoptic ground truth
+    gtFine/cityscapes_panoptic_<split>/<city>_<seq>_<frame>_gtFine_panoptic.png
 
-``*_gtFine_labelTrainIds.png`` is produced by cityscapesscripts'
-``createTrainIdLabelImgs``. Instance annotations come from detectron2's own Cityscapes
-loader (polygons from the JSON files; it needs ``cityscapesscripts`` and ``shapely``).
+``leftImg8bit``, ``gtFine`` (polygons, labelIds, instanceIds), ``disparity`` and ``camera`` are
+the official downloads; ``tools/prepare_cityscapes.py`` makes the ``labelTrainIds`` PNGs and
+the panoptic files with cityscapesscripts' converters (see
+:mod:`~panoptic_curriculum.data.datasets.cityscapes_prepare`). Instance annotations come
+from detectron2's own Cityscapes loader (polygons from the JSON files; it needs
+``cityscapesscripts`` and ``shapely``), panoptic ones from detectron2's Cityscapes panoptic
+loader, where the panoptic JSON exists (it is needed for the panoptic evaluation only).
 
-Each dataset dict holds detectron2's Cityscapes instance fields (``file_name``,
-``image_id``, ``height``, ``width``, ``annotations``), ``sem_seg_file_name``, and the depth
+Each dataset dict holds detectron2's Cityscapes instance fields (``file_name``, ``height``,
+``width``, ``annotations``), ``image_id`` ``"<city>_<seq>_<frame>"`` (the panoptic ground
+truth's image id), ``sem_seg_file_name``, ``pan_seg_file_name`` and ``segments_info``
+(``id``, ``category_id`` contiguous as the model predicts it: thing index for things, train id
+for stuff, ``isthing``, ``iscrowd``, ...; when the panoptic JSON exists), and the depth
 fields of :mod:`panoptic_curriculum.data.depth_io`:
 
 * ``depth_file_name``: the disparity PNG, which stores ``p = disparity * 256 + 1`` with
@@ -30,21 +39,30 @@ fields of :mod:`panoptic_curriculum.data.depth_io`:
 Registration only records paths: nothing is read until ``DatasetCatalog.get`` is called.
 """
 
+import functools
 import importlib.util
 import json
 import logging
 import math
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import CITYSCAPES_CATEGORIES, _get_builtin_metadata
-from detectron2.data.datasets.cityscapes import load_cityscapes_instances, load_cityscapes_semantic
+from detectron2.data.datasets.cityscapes import (
+    _cityscapes_files_to_dict,
+    _get_cityscapes_files,
+    load_cityscapes_instances,
+    load_cityscapes_semantic,
+)
+from detectron2.data.datasets.cityscapes_panoptic import load_cityscapes_panoptic
 
 from ...geometry import FOCAL_UNIT_HINT, MIN_FOCAL_PX
 
 __all__ = [
     "CITYSCAPES_DEPTH_SPLITS",
+    "cityscapes_depth_metadata",
+    "default_panoptic_paths",
     "load_cityscapes_depth",
     "read_cityscapes_camera",
     "register_cityscapes_depth",
@@ -163,10 +181,72 @@ def _depth_fields(image_file: str, image_dir: str, disparity_dir: str, camera_di
     }
 
 
+#: splits with fewer images convert their polygons in this process; larger ones through
+#: detectron2's loader, whose pool of processes (each importing torch and detectron2 when
+#: started by spawn, as in multi-process training) costs more than it saves on small splits
+POOL_MIN_IMAGES = 256
+
+
+def _load_instances(image_dir: str, gt_dir: str) -> List[dict]:
+    """detectron2's Cityscapes instance dicts (polygons from the JSON files, contiguous thing
+    ids): its own ``load_cityscapes_instances`` for large splits, the same per-image
+    conversion in this process for small ones."""
+    files = _get_cityscapes_files(image_dir, gt_dir)
+    if len(files) >= POOL_MIN_IMAGES:
+        return load_cityscapes_instances(image_dir, gt_dir, from_json=True, to_polygons=True)
+    convert = functools.partial(_cityscapes_files_to_dict, from_json=True, to_polygons=True)
+    dicts = [convert(f) for f in files]
+    contiguous = cityscapes_depth_metadata()["thing_dataset_id_to_contiguous_id"]
+    for d in dicts:
+        for anno in d["annotations"]:
+            anno["category_id"] = contiguous[anno["category_id"]]
+    return dicts
+
+
+def default_panoptic_paths(gt_dir: str) -> Tuple[str, str]:
+    """(panoptic PNG folder, panoptic JSON) of the split whose ``gt_dir`` is
+    ``<cityscapes>/gtFine/<split>``, where cityscapesscripts' ``createPanopticImgs`` writes
+    them and detectron2's ``cityscapes_fine_panoptic_<split>`` reads them."""
+    gt_dir = os.path.normpath(gt_dir)
+    parent, split = os.path.dirname(gt_dir), os.path.basename(gt_dir)
+    root = os.path.join(parent, f"cityscapes_panoptic_{split}")
+    return root, root + ".json"
+
+
+def _add_panoptic_fields(
+    dicts: List[dict], image_dir: str, panoptic_root: str, panoptic_json: str
+) -> None:
+    """Add ``pan_seg_file_name`` and ``segments_info`` (contiguous ids, ``isthing``) to every
+    dict, through detectron2's Cityscapes panoptic loader."""
+    meta = cityscapes_depth_metadata()
+    panoptic = load_cityscapes_panoptic(image_dir, panoptic_root, panoptic_json, meta)
+    by_file = {p["file_name"]: p for p in panoptic}
+    thing_ids = set(meta["thing_dataset_id_to_contiguous_id"])
+    for d in dicts:
+        p = by_file.get(d["file_name"])
+        if p is None:
+            raise FileNotFoundError(
+                f"{panoptic_json} has no annotation of {d['file_name']}; remake the panoptic "
+                "files with tools/prepare_cityscapes.py --overwrite"
+            )
+        for seg in p["segments_info"]:
+            # the loader made category_id contiguous; the segment id keeps the label id:
+            # label_id * 1000 + k for a thing instance, the bare label id otherwise
+            label_id = seg["id"] // 1000 if seg["id"] >= 1000 else seg["id"]
+            seg["isthing"] = label_id in thing_ids
+        d["pan_seg_file_name"] = p["pan_seg_file_name"]
+        d["segments_info"] = p["segments_info"]
+
+
 def load_cityscapes_depth(
-    image_dir: str, gt_dir: str, disparity_dir: str, camera_dir: str
+    image_dir: str,
+    gt_dir: str,
+    disparity_dir: str,
+    camera_dir: str,
+    panoptic_root: Optional[str] = None,
+    panoptic_json: Optional[str] = None,
 ) -> List[dict]:
-    """Load one Cityscapes split with instance, semantic and depth annotations.
+    """Load one Cityscapes split with instance, semantic, panoptic and depth annotations.
 
     Args:
         image_dir: e.g. ``<root>/cityscapes/leftImg8bit/train``.
@@ -174,16 +254,22 @@ def load_cityscapes_depth(
             ``*_gtFine_instanceIds.png`` and ``*_gtFine_labelTrainIds.png`` files.
         disparity_dir: e.g. ``<root>/cityscapes/disparity/train``.
         camera_dir: e.g. ``<root>/cityscapes/camera/train``.
+        panoptic_root, panoptic_json: the panoptic PNG folder and JSON (default: beside
+            ``gt_dir``, see :func:`default_panoptic_paths`); the panoptic fields are added
+            when the JSON exists.
 
     Returns:
         detectron2 dataset dicts, sorted by ``file_name``: detectron2's Cityscapes instance
-        dicts (polygons, ``XYXY_ABS`` boxes in pixels, contiguous thing category ids) plus
-        ``sem_seg_file_name``, ``depth_file_name``, ``depth_format`` (``"cityscapes_disparity"``),
-        ``stereo_baseline`` (metres) and ``intrinsics`` (3x3 nested list, pixels).
+        dicts (polygons, ``XYXY_ABS`` boxes in pixels, contiguous thing category ids) with
+        ``image_id`` ``"<city>_<seq>_<frame>"``, plus ``sem_seg_file_name``,
+        ``depth_file_name``, ``depth_format`` (``"cityscapes_disparity"``),
+        ``stereo_baseline`` (metres), ``intrinsics`` (3x3 nested list, pixels) and, with the
+        panoptic JSON, ``pan_seg_file_name`` and ``segments_info``.
 
     Raises:
         FileNotFoundError: naming the path, for a missing image folder, an image folder
-            without images, or a missing disparity, camera or ``labelTrainIds`` file.
+            without images, a missing disparity, camera or ``labelTrainIds`` file, or an
+            image that the panoptic JSON lacks.
         ValueError: naming the camera file, for a malformed camera JSON, a focal length
             below 1 pixel or a non-positive baseline.
         ImportError: ``shapely`` (needed by detectron2's polygon loader) is not installed.
@@ -192,6 +278,10 @@ def load_cityscapes_depth(
     :func:`panoptic_curriculum.data.read_depth`.
     """
     _check_has_images(image_dir)
+    if panoptic_root is None or panoptic_json is None:
+        default_root, default_json = default_panoptic_paths(gt_dir)
+        panoptic_root = panoptic_root or default_root
+        panoptic_json = panoptic_json or default_json
 
     # file_name, sem_seg_file_name, height, width (reads the polygon JSONs for the sizes)
     semantic = load_cityscapes_semantic(image_dir, gt_dir)
@@ -200,8 +290,8 @@ def load_cityscapes_depth(
         image_file = d["file_name"]
         if not os.path.isfile(d["sem_seg_file_name"]):
             raise FileNotFoundError(
-                f"Cityscapes semantic file not found: {d['sem_seg_file_name']} (generate the "
-                "*_gtFine_labelTrainIds.png files with cityscapesscripts' createTrainIdLabelImgs)"
+                f"Cityscapes semantic file not found: {d['sem_seg_file_name']} (make the "
+                "*_gtFine_labelTrainIds.png files with tools/prepare_cityscapes.py)"
             )
         fields = _depth_fields(image_file, image_dir, disparity_dir, camera_dir)
         fields["sem_seg_file_name"] = d["sem_seg_file_name"]
@@ -212,7 +302,7 @@ def load_cityscapes_depth(
             "loading Cityscapes polygons with detectron2 needs the 'shapely' package; "
             "install it with `pip install shapely`"
         )
-    instances = load_cityscapes_instances(image_dir, gt_dir, from_json=True, to_polygons=True)
+    instances = _load_instances(image_dir, gt_dir)
 
     dicts = []
     for d in instances:
@@ -221,53 +311,82 @@ def load_cityscapes_depth(
                 f"{d['file_name']} was listed by the instance loader but not by the semantic one"
             )
         d.update(extra.pop(d["file_name"]))
+        # <city>_<seq>_<frame>: the image id of the panoptic ground truth
+        d["image_id"] = os.path.basename(d["file_name"])[: -len(_IMAGE_SUFFIX)]
         dicts.append(d)
     if extra:
         raise RuntimeError(
             f"{len(extra)} images have no instance annotations, e.g. {next(iter(extra))}"
         )
     dicts.sort(key=lambda d: d["file_name"])
+    if os.path.isfile(panoptic_json):
+        _add_panoptic_fields(dicts, image_dir, panoptic_root, panoptic_json)
     logger.info(f"Loaded {len(dicts)} Cityscapes images with depth from {image_dir}")
     return dicts
 
 
-def _cityscapes_metadata() -> dict:
+def cityscapes_depth_metadata() -> dict:
+    """Metadata shared by the Cityscapes-with-depth splits: the 8 thing and 19 stuff classes
+    (train-id order) with their colours, and for the panoptic evaluation the maps from
+    Cityscapes label ids to the model's contiguous ids (thing index for things, train id for
+    the 11 stuff classes) and ``label_divisor`` 1000."""
+    from cityscapesscripts.helpers.labels import name2label
+
     meta = dict(_get_builtin_metadata("cityscapes"))
     by_name = {c["name"]: c for c in CITYSCAPES_CATEGORIES}
     meta["thing_colors"] = [by_name[n]["color"] for n in meta["thing_classes"]]
     meta["stuff_colors"] = [by_name[n]["color"] for n in meta["stuff_classes"]]
+    things = meta["thing_classes"]
+    meta["thing_dataset_id_to_contiguous_id"] = {name2label[n].id: i for i, n in enumerate(things)}
+    meta["stuff_dataset_id_to_contiguous_id"] = {
+        name2label[n].id: name2label[n].trainId for n in meta["stuff_classes"] if n not in things
+    }
+    meta["label_divisor"] = 1000
     return meta
 
 
 def register_cityscapes_depth(
-    name: str, image_dir: str, gt_dir: str, disparity_dir: str, camera_dir: str
+    name: str,
+    image_dir: str,
+    gt_dir: str,
+    disparity_dir: str,
+    camera_dir: str,
+    panoptic_root: Optional[str] = None,
+    panoptic_json: Optional[str] = None,
 ) -> None:
     """Register one Cityscapes-with-depth split under ``name`` (lazily: no disk access).
 
-    The dataset loads with :func:`load_cityscapes_depth`; its metadata has the Cityscapes
-    thing/stuff classes and colours, ``image_dir``, ``gt_dir``, ``disparity_dir``,
-    ``camera_dir``, ``ignore_label=255``, ``evaluator_type="cityscapes_depth"`` (Cityscapes
-    instance and semantic evaluation plus depth evaluation) and ``has_depth=True``.
-    A name that is already registered is left as it is.
+    The dataset loads with :func:`load_cityscapes_depth`; its metadata has
+    :func:`cityscapes_depth_metadata`, ``image_dir``, ``gt_dir``, ``disparity_dir``,
+    ``camera_dir``, ``panoptic_root`` and ``panoptic_json`` (default: beside ``gt_dir``),
+    ``ignore_label=255``, ``evaluator_type="cityscapes_depth"`` (Cityscapes semantic and
+    instance evaluation, panoptic quality with detectron2's COCOPanopticEvaluator, and depth
+    evaluation) and ``has_depth=True``. A name that is already registered is left as it is.
     """
     if name in DatasetCatalog.list():
         logger.debug(f"dataset {name} is already registered; keeping the existing entry")
         return
+    if panoptic_root is None or panoptic_json is None:
+        default_root, default_json = default_panoptic_paths(gt_dir)
+        panoptic_root = panoptic_root or default_root
+        panoptic_json = panoptic_json or default_json
     DatasetCatalog.register(
         name,
-        lambda i=image_dir, g=gt_dir, p=disparity_dir, c=camera_dir: load_cityscapes_depth(
-            i, g, p, c
-        ),
+        lambda i=image_dir, g=gt_dir, p=disparity_dir, c=camera_dir, r=panoptic_root, j=(
+            panoptic_json
+        ): load_cityscapes_depth(i, g, p, c, r, j),
     )
     MetadataCatalog.get(name).set(
         image_dir=image_dir,
         gt_dir=gt_dir,
         disparity_dir=disparity_dir,
         camera_dir=camera_dir,
+        panoptic_root=panoptic_root,
+        panoptic_json=panoptic_json,
         evaluator_type="cityscapes_depth",
         ignore_label=255,
         has_depth=True,
-        **_cityscapes_metadata(),
+        **cityscapes_depth_metadata(),
     )
 
 
