@@ -436,6 +436,125 @@ def test_extension_patches_noop_with_compiled_ops(monkeypatch):
     assert all(a is b for a, b in zip(before, after))
 
 
+# ---------------------------------------------------------------- Caffe2 stand-in
+
+
+class _BoxModel(torch.nn.Module):
+    """A detectron2-style model: ``list[dict]`` with an ``image`` in, ``Instances`` out; one
+    3x3 convolution (2 -> 3 channels) whose channel means become box coordinates."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 3, 3, padding=1)
+
+    def forward(self, batched_inputs):
+        outputs = []
+        for x in batched_inputs:
+            feat = self.conv(x["image"][None])[0]  # [3, H, W]
+            inst = Instances(x["image"].shape[-2:])
+            m = feat.mean(dim=(1, 2))
+            inst.pred_boxes = Boxes(torch.stack([m[0], m[1], m[0] + 4, m[1] + m[2].abs()])[None])
+            inst.scores = m[2:3].sigmoid()
+            outputs.append({"instances": inst})
+        return outputs
+
+
+def test_detectron2_export_and_analysis_import():
+    """v0.6's detectron2.export imports caffe2.proto unconditionally; detectron2.utils.analysis
+    imports detectron2.export."""
+    import detectron2.export as export
+    import detectron2.utils.analysis as analysis
+
+    assert callable(export.TracingAdapter)
+    assert callable(export.scripting_with_instances) and callable(export.dump_torchscript_IR)
+    assert callable(analysis.flop_count_operators) and callable(analysis.parameter_count)
+
+
+def test_tracing_adapter_and_flop_count():
+    from detectron2.export import TracingAdapter
+    from detectron2.utils.analysis import flop_count_operators, parameter_count
+
+    model = _BoxModel().eval()
+    inputs = [{"image": torch.rand(2, 8, 10)}]
+    adapter = TracingAdapter(model, inputs)
+    traced = torch.jit.trace(adapter, adapter.flattened_inputs)
+    expected = model(inputs)[0]["instances"]
+    got = adapter.outputs_schema(traced(inputs[0]["image"]))[0]["instances"]
+    torch.testing.assert_close(got.pred_boxes.tensor, expected.pred_boxes.tensor)
+    torch.testing.assert_close(got.scores, expected.scores)
+
+    # a 3x3 conv, 2 -> 3 channels on 8x10 pixels: 2 * 9 * 3 * 80 multiply-adds
+    flops = flop_count_operators(model, inputs)
+    assert flops["conv"] == pytest.approx(2 * 9 * 3 * 80 / 1e9)
+    assert parameter_count(model)[""] == 2 * 9 * 3 + 3
+
+
+def test_scripting_with_instances_and_dump_ir(tmp_path):
+    from detectron2.export import dump_torchscript_IR, scripting_with_instances
+
+    class Scores(torch.nn.Module):
+        def forward(self, x: torch.Tensor):
+            inst = Instances((int(x.shape[0]), int(x.shape[1])))
+            inst.scores = x.flatten().sigmoid()
+            return inst
+
+    scripted = scripting_with_instances(Scores().eval(), {"scores": torch.Tensor})
+    x = torch.randn(2, 3)
+    torch.testing.assert_close(scripted(x).scores, x.flatten().sigmoid())
+    dump_torchscript_IR(scripted, str(tmp_path))
+    assert (tmp_path / "model_ts_code.txt").stat().st_size > 0
+
+
+def test_caffe2_stand_in_raises_when_used():
+    from detectron2.export import Caffe2Model
+
+    from caffe2.proto import caffe2_pb2
+    from caffe2.python import core
+
+    assert not isinstance(object(), caffe2_pb2.NetDef)
+    with pytest.raises(compat.Caffe2UnavailableError, match="caffe2_pb2.NetDef.*TracingAdapter"):
+        caffe2_pb2.NetDef()
+    with pytest.raises(compat.Caffe2UnavailableError, match="'caffe2.python.core.get_ssa'"):
+        core.get_ssa(None)
+    with pytest.raises(ImportError, match="no longer ships"):  # as if the import had failed
+        Caffe2Model.load_protobuf("unused")
+    assert compat.install_caffe2_stand_in() is False  # already installed: nothing to do
+
+
+def test_caffe2_stand_in_never_shadows_real_caffe2(tmp_path, monkeypatch):
+    """A real caffe2 on sys.path is found before the stand-in, and with one importable the
+    stand-in is not installed at all."""
+    (tmp_path / "caffe2" / "proto").mkdir(parents=True)
+    (tmp_path / "caffe2" / "__init__.py").write_text("REAL = True\n")
+    (tmp_path / "caffe2" / "proto" / "__init__.py").write_text("")
+    (tmp_path / "caffe2" / "proto" / "caffe2_pb2.py").write_text("class NetDef:\n    pass\n")
+    import importlib
+
+    def caffe2_modules():
+        return {m: mod for m, mod in sys.modules.items() if m.split(".")[0] == "caffe2"}
+
+    saved = caffe2_modules()
+    for name in saved:
+        del sys.modules[name]
+    try:
+        monkeypatch.setattr(sys, "path", [str(tmp_path)] + sys.path)
+        importlib.invalidate_caches()
+        caffe2 = importlib.import_module("caffe2")
+        pb2 = importlib.import_module("caffe2.proto.caffe2_pb2")
+        assert caffe2.REAL is True and isinstance(pb2.NetDef(), pb2.NetDef)
+
+        without_stand_in = [
+            f for f in sys.meta_path if not isinstance(f, compat._Caffe2StandInFinder)
+        ]
+        monkeypatch.setattr(sys, "meta_path", without_stand_in)
+        assert compat.install_caffe2_stand_in() is False
+        assert not any(isinstance(f, compat._Caffe2StandInFinder) for f in sys.meta_path)
+    finally:
+        for name in caffe2_modules():
+            del sys.modules[name]
+        sys.modules.update(saved)
+
+
 # ---------------------------------------------------------------- COCO evaluation
 
 COCO_H, COCO_W = 48, 64

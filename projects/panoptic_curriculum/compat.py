@@ -18,8 +18,16 @@ What each piece supplies:
   runs through ``torchvision.ops.deform_conv2d`` (CPU and CUDA); rotated-box operators fail
   with that clear error; the COCO evaluator uses pycocotools' ``COCOeval`` instead of the
   compiled fast evaluator (same numbers, slower).
+* PyTorch >= 2.x no longer ships Caffe2, which ``detectron2.export`` imports unconditionally
+  (and with it ``detectron2.utils.analysis``). Where no real ``caffe2`` is importable, an
+  inert stand-in package answers those imports, so TorchScript export (``TracingAdapter``,
+  ``scripting_with_instances``, ``dump_torchscript_IR``) and model analysis work; anything
+  that would run Caffe2 itself raises :class:`Caffe2UnavailableError`. The stand-in's finder
+  sits last on ``sys.meta_path``, so a real ``caffe2`` is always found first.
 """
 
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import logging
 import os
@@ -27,7 +35,7 @@ import sys
 import types
 import warnings
 
-__all__ = ["apply", "MissingOperatorError", "has_compiled_ops"]
+__all__ = ["apply", "MissingOperatorError", "Caffe2UnavailableError", "has_compiled_ops"]
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +228,85 @@ def patch_coco_eval_without_extension() -> bool:
     return True
 
 
+class Caffe2UnavailableError(ImportError):
+    """Something from Caffe2 (detectron2's Caffe2 export and protobuf models) was used on a
+    PyTorch that no longer ships Caffe2."""
+
+
+def _caffe2_message(name: str) -> str:
+    return (
+        f"'{name}' belongs to Caffe2, which this PyTorch no longer ships: detectron2's Caffe2 "
+        "export (Caffe2Tracer, Caffe2Model, export_caffe2_model) cannot run here. TorchScript "
+        "export works: detectron2.export.TracingAdapter, scripting_with_instances."
+    )
+
+
+class _Caffe2PlaceholderMeta(type):
+    """Metaclass of the stand-in's names: any attribute is another placeholder class (so type
+    annotations such as ``caffe2_pb2.NetDef`` and ``Dict[str, caffe2_pb2.DeviceOption]``
+    evaluate at import time), ``isinstance`` against one is False, calling one raises."""
+
+    def __getattr__(cls, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _caffe2_placeholder(f"{cls.__qualname__}.{name}", cls.__module__)
+
+    def __call__(cls, *args, **kwargs):
+        raise Caffe2UnavailableError(_caffe2_message(f"{cls.__module__}.{cls.__qualname__}"))
+
+
+_CAFFE2_PLACEHOLDERS = {}
+
+
+def _caffe2_placeholder(qualname: str, module: str) -> type:
+    key = (module, qualname)
+    if key not in _CAFFE2_PLACEHOLDERS:
+        cls = _Caffe2PlaceholderMeta(qualname.rsplit(".", 1)[-1], (), {"__module__": module})
+        cls.__qualname__ = qualname
+        _CAFFE2_PLACEHOLDERS[key] = cls
+    return _CAFFE2_PLACEHOLDERS[key]
+
+
+class _Caffe2StandInModule(types.ModuleType):
+    """A module of the stand-in ``caffe2`` package: a package itself (``__path__`` is empty,
+    submodules come from the stand-in finder) whose every public name is a placeholder."""
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _caffe2_placeholder(name, self.__name__)
+
+
+class _Caffe2StandInFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Serves ``caffe2`` and its submodules as stand-ins. Appended to the end of
+    ``sys.meta_path``: consulted only after every real finder has found nothing."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "caffe2" and not fullname.startswith("caffe2."):
+            return None
+        return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+
+    def create_module(self, spec):
+        module = _Caffe2StandInModule(spec.name)
+        module.__doc__ = "Inert stand-in installed by panoptic_curriculum.compat: no Caffe2 here."
+        return module
+
+    def exec_module(self, module):
+        module.__path__ = []
+
+
+def install_caffe2_stand_in() -> bool:
+    """Make ``import caffe2...`` answer with the inert stand-in where no real Caffe2 exists
+    (so ``detectron2.export`` and ``detectron2.utils.analysis`` import). Returns whether the
+    stand-in finder was installed."""
+    if any(isinstance(f, _Caffe2StandInFinder) for f in sys.meta_path):
+        return False
+    if "caffe2" in sys.modules or importlib.util.find_spec("caffe2") is not None:
+        return False  # a real caffe2
+    sys.meta_path.append(_Caffe2StandInFinder())
+    return True
+
+
 def apply() -> dict:
     """Apply every piece once; returns what each piece changed (for logging and tests)."""
     global _APPLIED
@@ -237,6 +324,7 @@ def apply() -> dict:
         "pillow": patch_pillow(Image),
         "pkg_resources": install_pkg_resources_shim(),
         "missing_extension": install_missing_extension(),
+        "caffe2": install_caffe2_stand_in(),
     }
     report["layers"] = patch_layers_without_extension()
     report["coco_eval"] = patch_coco_eval_without_extension()
