@@ -16,14 +16,19 @@ from detectron2.modeling import (
     build_roi_heads,
     build_sem_seg_head,
 )
-from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
+from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 
 from ..geometry import backproject_pixels, check_intrinsics, resize_intrinsics
 from .depth_head import build_depth_head
 from .point_head import build_point_head, consistency_loss, point_cross_entropy, sample_pixels
-from .postprocessing import fuse_panoptic, instance_depth_and_centroid
+from .postprocessing import (
+    channel_argmax,
+    crop_and_resize,
+    fuse_panoptic,
+    instance_depth_and_centroid,
+)
 
 __all__ = ["PanopticCurriculumModel"]
 
@@ -266,7 +271,8 @@ class PanopticCurriculumModel(nn.Module):
     def _image_mask(self, images: ImageList) -> torch.Tensor:
         """``[B, H, W]`` True inside each image (not padding)."""
         b, _, h, w = images.tensor.shape
-        sizes = torch.as_tensor(images.image_sizes, device=self.device)
+        # int(): under tracing (flop counting, export) the sizes are 0-d tensors
+        sizes = torch.tensor([[int(h), int(w)] for h, w in images.image_sizes], device=self.device)
         rows = torch.arange(h, device=self.device)[None, :, None] < sizes[:, 0, None, None]
         cols = torch.arange(w, device=self.device)[None, None, :] < sizes[:, 1, None, None]
         return rows & cols
@@ -399,7 +405,7 @@ class PanopticCurriculumModel(nn.Module):
             valid = self._image_mask(images)
             if self.no_surface_classes:  # e.g. sky: no surface to lift, never trained on
                 no_surface = torch.as_tensor(self.no_surface_classes, device=self.device)
-                valid &= ~torch.isin(sem_logits.argmax(dim=1), no_surface)
+                valid &= ~torch.isin(channel_argmax(sem_logits), no_surface)
             point_out = self._point_branch(features, sem_logits, depth, K, valid)
 
         results = []
@@ -407,13 +413,10 @@ class PanopticCurriculumModel(nn.Module):
             height, width = x.get("height", image_size[0]), x.get("width", image_size[1])
             r: Dict = {}
             if sem_logits is not None:
-                r["sem_seg"] = sem_seg_postprocess(sem_logits[i], image_size, height, width)
+                r["sem_seg"] = crop_and_resize(sem_logits[i], image_size, height, width)
             depth_i = K_i = None
             if depth is not None:
-                d = depth[i, : image_size[0], : image_size[1]][None, None]
-                depth_i = F.interpolate(
-                    d, size=(height, width), mode="bilinear", align_corners=False
-                )[0, 0]
+                depth_i = crop_and_resize(depth[i], image_size, height, width)
                 r["depth"] = depth_i
                 if "intrinsics" in x:
                     K_net = x["intrinsics"].to(self.device, torch.float32)
@@ -429,7 +432,7 @@ class PanopticCurriculumModel(nn.Module):
                 if sem_logits is not None:
                     r["panoptic_seg"] = fuse_panoptic(
                         inst,
-                        r["sem_seg"].argmax(dim=0),
+                        channel_argmax(r["sem_seg"]),
                         self.thing_to_sem,
                         self.panoptic_overlap_threshold,
                         self.panoptic_stuff_area_limit,

@@ -1,10 +1,72 @@
 """The DeepLabV3+ semantic decoder, as detectron2's DeepLab project builds it, usable on any
-input size."""
+input size, with a cheaper exact evaluation of its upsampling path at inference."""
 
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from detectron2.layers import Conv2d
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from detectron2.projects.deeplab import DeepLabV3PlusHead
 
-__all__ = ["DeepLabV3PlusAnySizeHead"]
+__all__ = ["DeepLabV3PlusAnySizeHead", "conv3x3_of_upsampled"]
+
+
+def conv3x3_of_upsampled(y: torch.Tensor, weight: torch.Tensor, size) -> torch.Tensor:
+    """``conv2d(interpolate(y, size, bilinear), weight, padding=1)`` without the convolution
+    at the fine resolution.
+
+    Bilinear upsampling is separable and linear, and a 3x3 convolution is a sum over its
+    nine taps of a channel mix followed by a shift. So each tap's channel mix is applied at
+    the coarse resolution (one 1x1 convolution to ``9 * O`` channels), the three taps of a
+    kernel row are upsampled along the width and summed with their column shifts, and the
+    three rows are upsampled along the height and summed with their row shifts; shifts
+    bring in zeros as the convolution's zero padding does. Equal to the direct computation
+    up to float rounding, at a fraction of its multiply-adds when ``size`` is several times
+    ``y``'s (DeepLabV3+'s ASPP output at stride 32 or 16 upsampled to stride 4).
+
+    Args:
+        y: ``[B, C, h, w]`` coarse features.
+        weight: ``[O, C, 3, 3]`` convolution weight (stride 1, dilation 1, one group).
+        size: ``(H, W)`` of the upsampled map.
+
+    Returns:
+        ``[B, O, H, W]``.
+    """
+    b, _, h, w = y.shape
+    out_ch = weight.shape[0]
+    height, width = int(size[0]), int(size[1])
+    # channel mix of every tap at the coarse resolution: channel index (ky, kx, o)
+    taps = F.conv2d(y, weight.permute(2, 3, 0, 1).reshape(9 * out_ch, -1, 1, 1))
+    # along the width (the height is unchanged: bilinear to the same size is the identity)
+    taps = F.interpolate(
+        taps.reshape(b * 3, 3 * out_ch, h, w), size=(h, width), mode="bilinear", align_corners=False
+    )
+    taps = F.pad(taps.reshape(b, 3, 3, out_ch, h, width), (1, 1))
+    rows = taps[:, :, 0, ..., 0:width] + taps[:, :, 1, ..., 1 : width + 1]
+    rows = rows + taps[:, :, 2, ..., 2 : width + 2]  # [B, 3 (ky), O, h, W]
+    # along the height
+    rows = F.interpolate(
+        rows.reshape(b, 3 * out_ch, h, width),
+        size=(height, width),
+        mode="bilinear",
+        align_corners=False,
+    )
+    rows = F.pad(rows.reshape(b, 3, out_ch, height, width), (0, 0, 1, 1))
+    out = rows[:, 0, :, 0:height] + rows[:, 1, :, 1 : height + 1]
+    return out + rows[:, 2, :, 2 : height + 2]
+
+
+def _plain_3x3(conv: nn.Module) -> bool:
+    return (
+        isinstance(conv, Conv2d)
+        and conv.kernel_size == (3, 3)
+        and conv.stride == (1, 1)
+        and conv.padding == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+    )
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
@@ -19,6 +81,13 @@ class DeepLabV3PlusAnySizeHead(DeepLabV3PlusHead):
     Besides the parent's ``forward``, the multi-task model uses ``layers(features)`` (logits
     ``[B, C, H/common_stride, W/common_stride]``) and ``losses(logits, targets)`` directly,
     so that one set of logits serves the 2D loss and the 2D-3D consistency loss.
+
+    At inference (no autograd), each decoder stage's first 3x3 convolution over
+    ``[projected skip, upsampled coarser output]`` is split into its two channel groups and
+    the upsampled group is evaluated by :func:`conv3x3_of_upsampled`: the same logits up to
+    float rounding, about 40% fewer multiply-adds in the synthetic config's head. Training
+    runs the parent's code unchanged, and so does the depthwise-separable decoder
+    (``MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV``).
     """
 
     @classmethod
@@ -29,3 +98,41 @@ class DeepLabV3PlusAnySizeHead(DeepLabV3PlusHead):
         cfg.defrost()
         cfg.INPUT.CROP.ENABLED = False
         return super().from_config(cfg, input_shape)
+
+    def _factorised_stage(self, fuse_conv) -> bool:
+        return (
+            isinstance(fuse_conv, nn.Sequential)
+            and len(fuse_conv) == 2
+            and _plain_3x3(fuse_conv[0])
+            and _plain_3x3(fuse_conv[1])
+        )
+
+    def layers(self, features):
+        if torch.is_grad_enabled() or self.use_depthwise_separable_conv:
+            return super().layers(features)
+        y = None
+        for f in self.in_features[::-1]:  # coarse to fine, as the parent
+            stage = self.decoder[f]
+            proj_x = stage["project_conv"](features[f])
+            fuse_conv = stage["fuse_conv"]
+            if fuse_conv is None:  # ASPP
+                y = proj_x
+            elif not self._factorised_stage(fuse_conv):
+                y = F.interpolate(y, size=proj_x.shape[-2:], mode="bilinear", align_corners=False)
+                y = fuse_conv(torch.cat([proj_x, y], dim=1))
+            else:
+                first = fuse_conv[0]
+                n_proj = proj_x.shape[1]
+                if y.shape[-2:] == proj_x.shape[-2:]:  # nothing to upsample
+                    z = F.conv2d(y, first.weight[:, n_proj:], padding=1)
+                else:
+                    z = conv3x3_of_upsampled(y, first.weight[:, n_proj:], proj_x.shape[-2:])
+                z = z + F.conv2d(proj_x, first.weight[:, :n_proj], first.bias, padding=1)
+                if first.norm is not None:
+                    z = first.norm(z)
+                if first.activation is not None:
+                    z = first.activation(z)
+                y = fuse_conv[1](z)
+        if not self.decoder_only:
+            y = self.predictor(y)
+        return y
