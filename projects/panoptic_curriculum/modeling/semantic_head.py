@@ -5,11 +5,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from detectron2.config import configurable
 from detectron2.layers import Conv2d
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from detectron2.projects.deeplab import DeepLabV3PlusHead
 
-__all__ = ["DeepLabV3PlusAnySizeHead", "conv3x3_of_upsampled"]
+__all__ = ["DeepLabV3PlusAnySizeHead", "UpsampledConcatConv", "conv3x3_of_upsampled"]
 
 
 def conv3x3_of_upsampled(y: torch.Tensor, weight: torch.Tensor, size) -> torch.Tensor:
@@ -69,6 +70,26 @@ def _plain_3x3(conv: nn.Module) -> bool:
     )
 
 
+class UpsampledConcatConv(nn.Module):
+    """``conv(cat([x, interpolate(y, x's size)]))`` for a detectron2 3x3 ``Conv2d`` (with its
+    norm and activation), the ``y`` part by :func:`conv3x3_of_upsampled`. Holds no
+    parameters (it uses the convolution it is given); a module so that analysis tools
+    attribute its multiply-adds to the head."""
+
+    def forward(self, conv: Conv2d, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        n_x = x.shape[1]
+        if y.shape[-2:] == x.shape[-2:]:  # nothing to upsample
+            out = F.conv2d(y, conv.weight[:, n_x:], padding=1)
+        else:
+            out = conv3x3_of_upsampled(y, conv.weight[:, n_x:], x.shape[-2:])
+        out = out + F.conv2d(x, conv.weight[:, :n_x], conv.bias, padding=1)
+        if conv.norm is not None:
+            out = conv.norm(out)
+        if conv.activation is not None:
+            out = conv.activation(out)
+        return out
+
+
 @SEM_SEG_HEADS_REGISTRY.register()
 class DeepLabV3PlusAnySizeHead(DeepLabV3PlusHead):
     """detectron2's :class:`DeepLabV3PlusHead` (ASPP on the coarsest feature, low-level skip
@@ -89,6 +110,12 @@ class DeepLabV3PlusAnySizeHead(DeepLabV3PlusHead):
     runs the parent's code unchanged, and so does the depthwise-separable decoder
     (``MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV``).
     """
+
+    @configurable
+    def __init__(self, input_shape, **kwargs):
+        """Arguments as :class:`DeepLabV3PlusHead`'s."""
+        super().__init__(input_shape, **kwargs)
+        self.upsampled_concat_conv = UpsampledConcatConv()
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -121,18 +148,7 @@ class DeepLabV3PlusAnySizeHead(DeepLabV3PlusHead):
                 y = F.interpolate(y, size=proj_x.shape[-2:], mode="bilinear", align_corners=False)
                 y = fuse_conv(torch.cat([proj_x, y], dim=1))
             else:
-                first = fuse_conv[0]
-                n_proj = proj_x.shape[1]
-                if y.shape[-2:] == proj_x.shape[-2:]:  # nothing to upsample
-                    z = F.conv2d(y, first.weight[:, n_proj:], padding=1)
-                else:
-                    z = conv3x3_of_upsampled(y, first.weight[:, n_proj:], proj_x.shape[-2:])
-                z = z + F.conv2d(proj_x, first.weight[:, :n_proj], first.bias, padding=1)
-                if first.norm is not None:
-                    z = first.norm(z)
-                if first.activation is not None:
-                    z = first.activation(z)
-                y = fuse_conv[1](z)
+                y = fuse_conv[1](self.upsampled_concat_conv(fuse_conv[0], proj_x, y))
         if not self.decoder_only:
             y = self.predictor(y)
         return y
