@@ -13,17 +13,35 @@ from detectron2.projects.deeplab import DeepLabV3PlusHead
 __all__ = ["DeepLabV3PlusAnySizeHead", "UpsampledConcatConv", "conv3x3_of_upsampled"]
 
 
+def _bilinear_rows(n_out: int, n_in: int, shift: int, dtype, device) -> torch.Tensor:
+    """``[n_out, n_in]``: row ``i`` holds the weights with which
+    ``F.interpolate(mode="bilinear", align_corners=False)`` resizing one axis from ``n_in`` to
+    ``n_out`` samples output position ``i + shift``; a zero row where that position lies
+    outside ``[0, n_out)`` (a convolution's zero padding)."""
+    dst = torch.arange(n_out, dtype=torch.float64) + shift
+    src = ((dst + 0.5) * (n_in / n_out) - 0.5).clamp(min=0.0)  # as PyTorch's kernel
+    i0 = src.floor().long().clamp(max=n_in - 1)
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    lam = src - i0
+    inside = ((dst >= 0) & (dst < n_out)).to(torch.float64)
+    rows = torch.zeros(n_out, n_in, dtype=torch.float64)
+    index = torch.arange(n_out)
+    rows.index_put_((index, i0), (1 - lam) * inside, accumulate=True)
+    rows.index_put_((index, i1), lam * inside, accumulate=True)
+    return rows.to(dtype=dtype, device=device)
+
+
 def conv3x3_of_upsampled(y: torch.Tensor, weight: torch.Tensor, size) -> torch.Tensor:
     """``conv2d(interpolate(y, size, bilinear), weight, padding=1)`` without the convolution
     at the fine resolution.
 
     Bilinear upsampling is separable and linear, and a 3x3 convolution is a sum over its
-    nine taps of a channel mix followed by a shift. So each tap's channel mix is applied at
-    the coarse resolution (one 1x1 convolution to ``9 * O`` channels), the three taps of a
-    kernel row are upsampled along the width and summed with their column shifts, and the
-    three rows are upsampled along the height and summed with their row shifts; shifts
-    bring in zeros as the convolution's zero padding does. Equal to the direct computation
-    up to float rounding, at a fraction of its multiply-adds when ``size`` is several times
+    nine taps of a channel mix and a shift. So each tap's channel mix is applied at the
+    coarse resolution (one 1x1 convolution to ``9 * O`` channels); then one matrix product
+    along the width upsamples and shifts the three taps of each kernel row and sums them,
+    and one along the height does the same for the three rows (the shifted interpolation
+    weights bring in the convolution's zero padding). Equal to the direct computation up to
+    float rounding, at a small fraction of its multiply-adds when ``size`` is several times
     ``y``'s (DeepLabV3+'s ASPP output at stride 32 or 16 upsampled to stride 4).
 
     Args:
@@ -32,30 +50,24 @@ def conv3x3_of_upsampled(y: torch.Tensor, weight: torch.Tensor, size) -> torch.T
         size: ``(H, W)`` of the upsampled map.
 
     Returns:
-        ``[B, O, H, W]``.
+        ``[B, O, H, W]``, contiguous.
     """
     b, _, h, w = y.shape
     out_ch = weight.shape[0]
     height, width = int(size[0]), int(size[1])
-    # channel mix of every tap at the coarse resolution: channel index (ky, kx, o)
+    # channel mix of every tap at the coarse resolution: channels ordered (ky, kx, o)
     taps = F.conv2d(y, weight.permute(2, 3, 0, 1).reshape(9 * out_ch, -1, 1, 1))
-    # along the width (the height is unchanged: bilinear to the same size is the identity)
-    taps = F.interpolate(
-        taps.reshape(b * 3, 3 * out_ch, h, w), size=(h, width), mode="bilinear", align_corners=False
-    )
-    taps = F.pad(taps.reshape(b, 3, 3, out_ch, h, width), (1, 1))
-    rows = taps[:, :, 0, ..., 0:width] + taps[:, :, 1, ..., 1 : width + 1]
-    rows = rows + taps[:, :, 2, ..., 2 : width + 2]  # [B, 3 (ky), O, h, W]
-    # along the height
-    rows = F.interpolate(
-        rows.reshape(b, 3 * out_ch, h, width),
-        size=(height, width),
-        mode="bilinear",
-        align_corners=False,
-    )
-    rows = F.pad(rows.reshape(b, 3, out_ch, height, width), (0, 0, 1, 1))
-    out = rows[:, 0, :, 0:height] + rows[:, 1, :, 1 : height + 1]
-    return out + rows[:, 2, :, 2 : height + 2]
+    along_w = torch.cat(
+        [_bilinear_rows(width, w, kx - 1, y.dtype, y.device) for kx in range(3)], dim=1
+    )  # [W, 3w], columns (kx, v)
+    along_h = torch.cat(
+        [_bilinear_rows(height, h, ky - 1, y.dtype, y.device) for ky in range(3)], dim=1
+    )  # [H, 3h], columns (ky, u)
+    taps = taps.reshape(b, 3, 3, out_ch, h, w).permute(0, 1, 3, 4, 2, 5)  # b, ky, o, u, kx, v
+    rows = taps.reshape(-1, 3 * w) @ along_w.t()  # [(b, ky, o, u), W]
+    rows = rows.reshape(b, 3, out_ch, h, width).transpose(1, 2)  # b, o, ky, u, W
+    out = torch.matmul(along_h, rows.reshape(b * out_ch, 3 * h, width))  # [(b, o), H, W]
+    return out.reshape(b, out_ch, height, width)
 
 
 def _plain_3x3(conv: nn.Module) -> bool:
