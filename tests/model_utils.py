@@ -10,52 +10,53 @@ from panoptic_curriculum import add_panoptic_curriculum_config
 NUM_THINGS, NUM_CLASSES = 4, 7
 
 
+# the synthetic R18-FPN config shrunk for CPU tests (KEY VALUE list)
+TINY_OVERRIDES = [
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.FPN.OUT_CHANNELS",
+    32,
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    64,
+    "MODEL.ROI_MASK_HEAD.CONV_DIM",
+    16,
+    "MODEL.ROI_MASK_HEAD.NUM_CONV",
+    1,
+    "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS",
+    32,
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM",
+    32,
+    "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS",
+    [32],
+    "MODEL.DEPTH_HEAD.CONVS_DIM",
+    32,
+    "MODEL.POINT_HEAD.NUM_POINTS",
+    256,
+    "MODEL.POINT_HEAD.SA_NUM_CENTROIDS",
+    [64, 16],
+    "MODEL.POINT_HEAD.SA_NUM_NEIGHBORS",
+    [8, 8],
+    "MODEL.POINT_HEAD.SA_RADII",
+    [0.5, 1.0],
+    "MODEL.POINT_HEAD.SA_CHANNELS",
+    [16, 32],
+    "MODEL.POINT_HEAD.FP_CHANNELS",
+    [32, 32],
+    "MODEL.RPN.POST_NMS_TOPK_TEST",
+    50,
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    32,
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE",
+    32,
+]
+
+
 def tiny_cfg(config_file="configs/synthetic/curriculum_R18_FPN.yaml", *overrides):
     """The synthetic R18-FPN config shrunk for CPU tests."""
     cfg = get_cfg()
     add_panoptic_curriculum_config(cfg)
     cfg.merge_from_file(config_file)
-    cfg.merge_from_list(
-        [
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.FPN.OUT_CHANNELS",
-            32,
-            "MODEL.ROI_BOX_HEAD.FC_DIM",
-            64,
-            "MODEL.ROI_MASK_HEAD.CONV_DIM",
-            16,
-            "MODEL.ROI_MASK_HEAD.NUM_CONV",
-            1,
-            "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS",
-            32,
-            "MODEL.SEM_SEG_HEAD.CONVS_DIM",
-            32,
-            "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS",
-            [32],
-            "MODEL.DEPTH_HEAD.CONVS_DIM",
-            32,
-            "MODEL.POINT_HEAD.NUM_POINTS",
-            256,
-            "MODEL.POINT_HEAD.SA_NUM_CENTROIDS",
-            [64, 16],
-            "MODEL.POINT_HEAD.SA_NUM_NEIGHBORS",
-            [8, 8],
-            "MODEL.POINT_HEAD.SA_RADII",
-            [0.5, 1.0],
-            "MODEL.POINT_HEAD.SA_CHANNELS",
-            [16, 32],
-            "MODEL.POINT_HEAD.FP_CHANNELS",
-            [32, 32],
-            "MODEL.RPN.POST_NMS_TOPK_TEST",
-            50,
-            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
-            32,
-            "MODEL.RPN.BATCH_SIZE_PER_IMAGE",
-            32,
-            *overrides,
-        ]
-    )
+    cfg.merge_from_list([*TINY_OVERRIDES, *overrides])
     return cfg
 
 
