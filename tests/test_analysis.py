@@ -132,6 +132,9 @@ def test_compare_with_panoptic_fpn_tiny(small_split):
     ours, peer = result["ours"], result["panoptic_fpn"]
     assert len(ours["times_s"]) == len(peer["times_s"]) == 2
     assert result["ratio"] == pytest.approx(ours["median_s"] / peer["median_s"])
+    assert result["cpu_ratio"] == pytest.approx(ours["cpu_median_s"] / peer["cpu_median_s"])
+    rounds = [a / b for a, b in zip(ours["times_s"], peer["times_s"])]
+    assert result["paired_ratio_median"] == pytest.approx(sum(rounds) / 2)  # 2 rounds
     assert ours["detections"] == peer["detections"]  # shared encoder and detector weights
     assert result["shared_parameters"] > 0
     for r in (ours, peer):
@@ -143,11 +146,16 @@ def test_compare_with_panoptic_fpn_tiny(small_split):
 
 def test_time_interleaved_round_robin():
     calls = []
+    cpu = {}
     times = bm.time_interleaved(
-        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, iters=2
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+        warmup=1,
+        iters=2,
+        cpu_times=cpu,
     )
     assert calls == ["a", "b"] * 3
     assert [len(v) for v in times.values()] == [2, 2]
+    assert set(cpu) == {"a", "b"} and all(t >= 0 for v in cpu.values() for t in v)
 
 
 def test_matmul_gflops_positive():

@@ -102,22 +102,32 @@ def _sync(device: str) -> None:
 
 
 def time_interleaved(
-    steps: Dict[str, Callable[[], None]], warmup: int, iters: int, device: str = "cpu"
+    steps: Dict[str, Callable[[], None]],
+    warmup: int,
+    iters: int,
+    device: str = "cpu",
+    cpu_times: Optional[Dict[str, List[float]]] = None,
 ) -> Dict[str, List[float]]:
     """Wall-clock seconds of each step function, run round-robin (``a, b, a, b, ...``) so
-    that load changes on a shared machine hit every step alike; ``warmup`` rounds first."""
+    that load changes on a shared machine hit every step alike; ``warmup`` rounds first.
+    With ``cpu_times``, also fills it with each step's CPU seconds of this process (less
+    sensitive to other processes on the machine)."""
     for _ in range(warmup):
         for fn in steps.values():
             fn()
             _sync(device)
     times = {name: [] for name in steps}
+    if cpu_times is not None:
+        cpu_times.update({name: [] for name in steps})
     for _ in range(iters):
         for name, fn in steps.items():
             _sync(device)
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
             _sync(device)
             times[name].append(time.perf_counter() - t0)
+            if cpu_times is not None:
+                cpu_times[name].append(time.process_time() - c0)
     return times
 
 
@@ -304,9 +314,11 @@ def compare_with_panoptic_fpn(
     the same) to the peer's.
 
     Returns:
-        dict: per model ``median_s``, ``times_s``, ``gmacs_per_image``,
-        ``achieved_gflops_per_s``, ``detections`` (per image, last run), ``params_m``;
-        ``ratio`` (ours / PanopticFPN, medians), ``shared_parameters`` and the setting.
+        dict: per model ``median_s`` and ``times_s`` (wall clock), ``cpu_median_s`` (CPU
+        time of this process), ``gmacs_per_image``, ``achieved_gflops_per_s``,
+        ``detections`` (per image, last run), ``params_m``; ``ratio`` (ours / PanopticFPN,
+        wall-clock medians), ``paired_ratio_median`` (median over rounds of the two runs'
+        ratio), ``cpu_ratio`` (CPU-time medians), ``shared_parameters`` and the setting.
     """
     from detectron2.modeling import build_model
 
@@ -344,9 +356,14 @@ def compare_with_panoptic_fpn(
 
         return step
 
+    cpu_times: Dict[str, List[float]] = {}
     with torch.no_grad():
         times = time_interleaved(
-            {name: stepper(name) for name in models}, warmup=warmup, iters=iters, device=device
+            {name: stepper(name) for name in models},
+            warmup=warmup,
+            iters=iters,
+            device=device,
+            cpu_times=cpu_times,
         )
     result = {
         "device": device,
@@ -364,10 +381,15 @@ def compare_with_panoptic_fpn(
         result[name] = {
             "median_s": median,
             "times_s": times[name],
+            "cpu_median_s": statistics.median(cpu_times[name]),
             "gmacs_per_image": gmacs,
             "achieved_gflops_per_s": 2 * gmacs * batch_size / median,
             "detections": [len(o["instances"]) for o in outputs[name]],
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         }
     result["ratio"] = result["ours"]["median_s"] / result["panoptic_fpn"]["median_s"]
+    result["paired_ratio_median"] = statistics.median(
+        a / b for a, b in zip(times["ours"], times["panoptic_fpn"])
+    )
+    result["cpu_ratio"] = result["ours"]["cpu_median_s"] / result["panoptic_fpn"]["cpu_median_s"]
     return result
