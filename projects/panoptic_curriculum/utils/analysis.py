@@ -9,7 +9,6 @@ counts two operations per multiply-add (see :mod:`panoptic_curriculum.utils.benc
 """
 
 import contextlib
-import logging
 import warnings
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -32,8 +31,6 @@ __all__ = [
     "analyze_model",
     "format_report",
 ]
-
-logger = logging.getLogger(__name__)
 
 TASKS = ("flop", "activation", "parameter", "structure")
 
