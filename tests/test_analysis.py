@@ -160,3 +160,33 @@ def test_time_interleaved_round_robin():
 
 def test_matmul_gflops_positive():
     assert bm.matmul_gflops("cpu", size=64, iters=2) > 0
+
+
+SHIPPED = [
+    "configs/synthetic/curriculum_R18_FPN.yaml",
+    "configs/synthetic/curriculum_Xception65.yaml",
+    "configs/cityscapes/curriculum_R50_FPN.yaml",
+    "configs/cityscapes/curriculum_Xception65.yaml",
+    "configs/coco/curriculum_R50_FPN.yaml",
+]
+
+
+@pytest.mark.parametrize("path", SHIPPED)
+def test_multiply_adds_of_every_shipped_config(path):
+    """The analysis traces every shipped architecture (kept small: thin Xception, few
+    detections, a 64x96 input)."""
+    from panoptic_curriculum import load_config
+
+    opts = ["MODEL.DEVICE", "cpu", "TEST.DETECTIONS_PER_IMAGE", 3]
+    opts += ["MODEL.RPN.POST_NMS_TOPK_TEST", 20]
+    if "Xception" in path:
+        opts += ["MODEL.XCEPTION.WIDTH_MULTIPLIER", 0.25, "MODEL.XCEPTION.MIDDLE_BLOCKS", 1]
+    cfg = load_config(path, opts)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    report = analyze_model(model, synthetic_inputs(1, 64, 96), ["flop", "parameter"])
+    heads = {"backbone", "sem_seg_head", "proposal_generator", "roi_heads"}
+    if cfg.MODEL.PANOPTIC_CURRICULUM.DEPTH_ON:
+        heads.add("depth_head")
+    assert heads <= set(report["flop"]["by_module"])
+    assert all(report["flop"]["by_module"][h] > 0 for h in heads)
