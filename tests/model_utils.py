@@ -49,6 +49,8 @@ TINY_OPTS = [
     "MODEL.RPN.BATCH_SIZE_PER_IMAGE",
     32,
 ]
+#: the same list under the name some tests use
+TINY_OVERRIDES = TINY_OPTS
 
 
 def tiny_cfg(config_file="configs/synthetic/curriculum_R18_FPN.yaml", *overrides):

@@ -436,6 +436,121 @@ def test_extension_patches_noop_with_compiled_ops(monkeypatch):
     assert all(a is b for a, b in zip(before, after))
 
 
+def test_nms_rotated_replacement_is_scriptable():
+    """Scripted code that references nms_rotated compiles, and running it gives the
+    missing-operator message (not a TorchScript compile error)."""
+    nms = sys.modules["detectron2.layers.nms"]
+    with pytest.raises(compat.MissingOperatorError) as info:
+        nms.nms_rotated(torch.zeros(1, 5), torch.ones(1), 0.5)
+    assert str(info.value) == compat._missing_message("nms_rotated")
+
+    def keep_rotated(boxes: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return detectron2.layers.nms_rotated(boxes, scores, 0.5)
+
+    scripted = torch.jit.script(keep_rotated)
+    torch.jit.script(nms.batched_nms_rotated)  # compiles too
+    boxes = torch.tensor([[10.0, 10.0, 4.0, 6.0, 30.0], [12.0, 10.0, 4.0, 6.0, 0.0]])
+    with pytest.raises(Exception, match="MissingOperatorError: detectron2 operator 'nms_rotated'"):
+        scripted(boxes, torch.tensor([0.9, 0.8]))
+
+
+# ---------------------------------------------------------------- MapDataset drops (Python 3.11)
+
+
+def test_train_loader_skips_samples_the_mapper_drops():
+    """A mapper returning None drops the sample: the loader draws another one instead (v0.6
+    calls random.sample on a set there, a TypeError on Python >= 3.11)."""
+    from detectron2.data import build_detection_train_loader
+
+    dicts = [{"image_id": i} for i in range(6)]
+    kept = {1, 4}
+
+    def mapper(d):
+        return dict(d) if d["image_id"] in kept else None
+
+    loader = build_detection_train_loader(
+        dicts, mapper=mapper, total_batch_size=2, num_workers=0, aspect_ratio_grouping=False
+    )
+    it = iter(loader)
+    seen = [d["image_id"] for _ in range(4) for d in next(it)]
+    assert len(seen) == 8 and set(seen) == kept
+
+
+def test_map_dataset_all_dropped_raises():
+    from detectron2.data.common import MapDataset
+
+    with pytest.raises(RuntimeError, match="returned None for every sample"):
+        MapDataset([0, 1, 2], lambda x: None)[1]
+
+
+def test_patch_map_dataset_noop_where_drops_work():
+    class Fine:
+        def __init__(self, dataset, map_func):
+            self.dataset, self.map_func = dataset, map_func
+
+        def __getitem__(self, idx):
+            out = self.map_func(self.dataset[idx])
+            return self.map_func(self.dataset[1]) if out is None else out
+
+    getitem = Fine.__getitem__
+    assert compat.patch_map_dataset(Fine) is False
+    assert Fine.__getitem__ is getitem
+
+
+# ---------------------------------------------------------------- LRScheduler hook (torch >= 2)
+
+
+class _Quadratic(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(2))
+
+    def forward(self, data):
+        return {"loss": (self.w * data).square().sum()}
+
+
+def _trainer_with_step_lr():
+    from detectron2.engine import SimpleTrainer, hooks
+
+    model = _Quadratic()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    trainer = SimpleTrainer(model, iter(lambda: torch.ones(2), None), optimizer)
+    trainer.register_hooks([hooks.LRScheduler(optimizer, scheduler)])
+    return trainer, optimizer, scheduler
+
+
+def test_lr_scheduler_hook_checkpoints_builtin_scheduler():
+    """A torch built-in scheduler's state is in the trainer's checkpoint state, and a resumed
+    trainer continues its schedule instead of restarting it."""
+    from detectron2.utils.events import EventStorage
+
+    trainer, optimizer, scheduler = _trainer_with_step_lr()
+    with EventStorage():
+        trainer.train(0, 5)
+    assert scheduler.last_epoch == 5 and optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
+    state = trainer.state_dict()
+    assert state["hooks"]["LRScheduler"]["last_epoch"] == 5
+
+    resumed, optimizer2, scheduler2 = _trainer_with_step_lr()
+    resumed.load_state_dict(copy.deepcopy(state))
+    assert scheduler2.last_epoch == 5
+    assert optimizer2.param_groups[0]["lr"] == pytest.approx(0.025)
+
+
+def test_patch_lr_scheduler_hook_noop_where_it_saves_builtin_schedulers():
+    class Fine:
+        def __init__(self, optimizer, scheduler):
+            self.scheduler = scheduler
+
+        def state_dict(self):
+            return self.scheduler.state_dict()
+
+    state_dict = Fine.state_dict
+    assert compat.patch_lr_scheduler_hook(Fine) is False
+    assert Fine.state_dict is state_dict and not hasattr(Fine, "load_state_dict")
+
+
 # ---------------------------------------------------------------- Caffe2 stand-in
 
 

@@ -317,3 +317,126 @@ def test_fuse_panoptic():
     stuff = {s["category_id"]: s["area"] for s in segs if not s["isthing"]}
     assert stuff == {4: 50 - 16, 5: 50}
     assert (pan[0:4, 0:4] == things[0]["id"]).all()
+
+
+# ---------------------------------------------------------- faster inference, same outputs
+
+
+def _dense_instance_depth(masks, depth, K):
+    """The per-image dense computation: nanmedian over N full images, mean via a product."""
+    n = masks.shape[0]
+    inside = masks.flatten(1) & (depth.flatten() > 0)[None]
+    flat = depth.flatten()[None]
+    vals = torch.where(inside, flat.expand(n, -1), torch.full_like(flat, float("nan")))
+    points = backproject(depth[None], K[None])[0].reshape(-1, 3)
+    weights = inside.to(depth.dtype)
+    return torch.nanmedian(vals, dim=1).values, (weights @ points) / weights.sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_instance_depth_and_centroid_matches_dense_computation(dtype):
+    g = torch.Generator().manual_seed(0)
+    h, w = 30, 41
+    depth = (torch.rand(h, w, generator=g) * 20 + 0.5).to(dtype)
+    depth[torch.rand(h, w, generator=g) < 0.2] = 0.0  # invalid pixels
+    depth[5, :10] = 3.25  # ties
+    K = torch.tensor([[40.0, 0, 20.0], [0, 42.0, 14.5], [0, 0, 1]], dtype=dtype)
+    fill = torch.tensor([0.5, 0.1, 0.02, 0, 0.3, 0.9])[:, None, None]
+    masks = torch.rand(6, h, w, generator=g) < fill
+    masks[3] = False  # empty mask
+    masks[2] = False
+    masks[2, 5, :4] = True  # 4 pixels (even count), all with depth 3.25
+    masks[1, 0, 0] = True
+    depth[0, 0] = 0.0
+    masks[4] = False
+    masks[4, 0, 0] = True  # only an invalid pixel: NaN
+    median, centroid = instance_depth_and_centroid(masks, depth, K)
+    ref_median, ref_centroid = _dense_instance_depth(masks, depth, K)
+    torch.testing.assert_close(median, ref_median, equal_nan=True, rtol=0, atol=0)
+    torch.testing.assert_close(centroid, ref_centroid, equal_nan=True)
+    assert median.dtype == dtype and torch.isnan(median[[3, 4]]).all()
+    assert median[2] == 3.25
+
+
+def test_channel_argmax_matches_argmax():
+    from panoptic_curriculum.modeling.postprocessing import channel_argmax
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(2, 5, 7, 9, generator=g)
+    scores[0, 1:4, 0, 0] = 10.0  # a tie: the first channel wins, as with argmax
+    assert torch.equal(channel_argmax(scores), scores.argmax(dim=1))
+    assert torch.equal(channel_argmax(scores[1]), scores[1].argmax(dim=0))
+
+
+@pytest.mark.parametrize("out_size", [(10, 12), (23, 17)])
+def test_crop_and_resize_matches_sem_seg_postprocess(out_size):
+    from detectron2.modeling.postprocessing import sem_seg_postprocess
+
+    from panoptic_curriculum.modeling.postprocessing import crop_and_resize
+
+    x = torch.randn(3, 16, 16)
+    torch.testing.assert_close(
+        crop_and_resize(x, (10, 12), *out_size), sem_seg_postprocess(x, (10, 12), *out_size)
+    )
+    assert crop_and_resize(x[0], (10, 12), *out_size).shape == out_size
+
+
+@pytest.mark.parametrize("size", [(40, 56), (17, 23), (5, 7), (3, 4)])
+def test_conv3x3_of_upsampled_is_the_convolution(size):
+    import torch.nn.functional as F
+
+    from panoptic_curriculum.modeling.semantic_head import conv3x3_of_upsampled
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(2, 6, 5, 7, generator=g, dtype=torch.float64)
+    weight = torch.randn(4, 6, 3, 3, generator=g, dtype=torch.float64)
+    up = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+    expected = F.conv2d(up, weight, padding=1)
+    torch.testing.assert_close(conv3x3_of_upsampled(y, weight, size), expected)
+
+
+def test_semantic_head_inference_equals_detectron2_decoder(model, monkeypatch):
+    """The factorised decoder at inference gives detectron2's DeepLabV3+ logits, and the model
+    returns what it returned with detectron2's decoder."""
+    from detectron2.projects.deeplab import DeepLabV3PlusHead
+
+    head = model.sem_seg_head
+    model.eval()
+    features = model.backbone(model.preprocess_image([fake_sample(h=64, w=96)]).tensor)
+    with torch.no_grad():
+        fast = head.layers(features)
+        reference = DeepLabV3PlusHead.layers(head, features)
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
+    with torch.enable_grad():  # training (autograd on) runs detectron2's own code
+        assert torch.equal(head.layers(features), DeepLabV3PlusHead.layers(head, features))
+
+    batch = [fake_sample(h=61, w=87, seed=2), fake_sample(h=64, w=96, seed=3)]
+    batch[0].update(height=70, width=100)  # outputs resized
+    outs = model(batch)
+    monkeypatch.setattr(type(head), "layers", DeepLabV3PlusHead.layers)
+    refs = model(batch)
+    for out, ref in zip(outs, refs):
+        torch.testing.assert_close(out["sem_seg"], ref["sem_seg"], rtol=1e-4, atol=1e-5)
+        assert torch.equal(out["depth"], ref["depth"])
+        assert torch.equal(out["instances"].pred_masks, ref["instances"].pred_masks)
+        assert torch.equal(out["panoptic_seg"][0], ref["panoptic_seg"][0])
+
+
+def test_depthwise_separable_opt_ins():
+    """Speed opt-ins: smaller heads, same outputs' shapes; off by default."""
+    default = build_model(tiny_cfg())
+    assert isinstance(default.depth_head.fuse, torch.nn.Sequential)
+    cfg = tiny_cfg(
+        "configs/synthetic/curriculum_R18_FPN.yaml",
+        "MODEL.DEPTH_HEAD.USE_DEPTHWISE_SEPARABLE_CONV",
+        True,
+        "MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV",
+        True,
+    )
+    fast = build_model(cfg).eval()
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(fast.depth_head) < count(default.depth_head) / 2
+    assert count(fast.sem_seg_head) < count(default.sem_seg_head)
+    out = fast([fake_sample(h=64, w=96)])[0]
+    assert out["depth"].shape == (64, 96) and (out["depth"] > 0).all()
+    assert out["sem_seg"].shape == (NUM_CLASSES, 64, 96)

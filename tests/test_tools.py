@@ -1,9 +1,11 @@
-"""End-to-end tests of tools/demo.py, tools/visualize_pointcloud.py and tools/plot_metrics.py
-with a tiny randomly initialised model saved as a checkpoint, plus unit tests of the pieces
-they are built from (intrinsics files, the predictor's inputs, metrics loading).
+"""End-to-end tests of tools/demo.py, tools/visualize_pointcloud.py, tools/plot_metrics.py and
+tools/analyze_model.py with a tiny randomly initialised model saved as a checkpoint, plus unit
+tests of the pieces they are built from (intrinsics files, the predictor's inputs, metrics
+loading).
 
-The three costly tool runs (model inference, Open3D rendering, a fresh synthetic split) are
-started together as subprocesses by one module fixture, so that they overlap."""
+The costly tool runs (model inference, Open3D rendering, a fresh synthetic split, model
+analysis) are started together as subprocesses by one module fixture, so that they
+overlap."""
 
 import json
 import os
@@ -196,6 +198,24 @@ def runs(setup):
             *map(str, PANEL_RENDER),
             *weights,
         ],
+        "analyze": [
+            os.path.join(TOOLS, "analyze_model.py"),
+            "--config-file",
+            setup["config"],
+            "--tasks",
+            "flop",
+            "parameter",
+            "activation",
+            "structure",
+            "--num-inputs",
+            "2",
+            "--input-size",
+            "64",
+            "96",
+            "--output",
+            str(root / "analysis.json"),
+            *weights,
+        ],
         "plot_metrics": [
             os.path.join(TOOLS, "plot_metrics.py"),
             str(root / "curriculum"),
@@ -325,6 +345,22 @@ def test_visualize_pointcloud_ply(setup, runs, tmp_path):
 
 
 # ------------------------------------------------------------------------------ plot_metrics
+# ---------------------------------------------------------------------------- analyze_model
+def test_analyze_model(setup, runs):
+    output = check_run(runs, "analyze")
+    with open(setup["root"] / "analysis.json") as f:
+        report = json.load(f)
+    assert report["num_inputs"] == 2 and report["input_sizes"] == [[64, 96], [64, 96]]
+    flop = report["flop"]
+    assert len(flop["gmacs"]) == 2 and all(g > 0 for g in flop["gmacs"])
+    assert {"backbone", "sem_seg_head", "depth_head", "roi_heads"} <= set(flop["by_module"])
+    model = build_model(setup["cfg"])
+    assert report["parameter"]["total"] == sum(p.numel() for p in model.parameters())
+    assert report["activation"]["mactivations_mean"] > 0
+    assert report["structure"] == str(model)
+    assert "Total GMACs per image" in output and "Total parameters" in output
+
+
 def test_plot_metrics(setup, runs):
     output = check_run(runs, "plot_metrics")
     written = sorted(os.listdir(setup["root"] / "plots"))

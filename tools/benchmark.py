@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Side-by-side speed and memory of the multi-task model, in one run.
+"""Side-by-side speed, memory and arithmetic throughput of the multi-task model, in one run.
 
 (a) inference latency of the one-pass model against a semantic-only, an instance-only and a
     depth-only model with the same backbone run one after the other (target: one pass at
@@ -8,162 +8,35 @@
     (target: at most 15% overhead at 4096 points per image);
 (c) peak memory of each: CUDA peak allocation during the timed steps on a GPU; on the
     CPU, the process's peak resident memory minus its resident memory before the model was
-    built (model, optimizer state, activations, allocator caches; each measurement runs in
-    a fresh subprocess so that peaks do not mix).
+    built (each variant runs in a fresh subprocess so that peaks do not mix);
+(d) our one pass (which also returns depth) against detectron2's stock PanopticFPN on the
+    same encoder config with the same detection budget, timed interleaved in one process
+    (target: at most 1.0x PanopticFPN's time);
+and, for every timed variant, multiply-adds per image and the achieved GFLOP/s (2 FLOPs per
+multiply-add) next to the GFLOP/s a large matrix product reaches on the same device, so
+that speed can be read against the machine's arithmetic limit.
 
 On a GPU, runs use bf16 autocast. Samples are real synthetic-scenes training samples,
-resized to the stated resolution. Prints a table and writes JSON.
+resized to the stated resolution. Prints a table and writes JSON. The measuring code is in
+``panoptic_curriculum.utils.benchmark``.
 
-    python tools/benchmark.py --config-file configs/synthetic/curriculum_R18_FPN.yaml \
+    python tools/benchmark.py --config-file configs/synthetic/curriculum_R18_FPN.yaml \\
         --height 384 --width 512 --output output/benchmark.json
+    python tools/benchmark.py --variants vs_panoptic_fpn --peer-iters 15   # (d) only
 """
 
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import time
 
-VARIANTS = {
-    # name: (overrides, mode)
-    "one_pass": (["MODEL.POINT_HEAD.INFERENCE_ON", False], "inference"),
-    "semantic_only": (
-        [
-            "MODEL.PANOPTIC_CURRICULUM.INSTANCE_ON",
-            False,
-            "MODEL.PANOPTIC_CURRICULUM.DEPTH_ON",
-            False,
-            "MODEL.POINT_HEAD.ENABLED",
-            False,
-        ],
-        "inference",
-    ),
-    "instance_only": (
-        [
-            "MODEL.PANOPTIC_CURRICULUM.SEM_SEG_ON",
-            False,
-            "MODEL.PANOPTIC_CURRICULUM.DEPTH_ON",
-            False,
-            "MODEL.POINT_HEAD.ENABLED",
-            False,
-        ],
-        "inference",
-    ),
-    "depth_only": (
-        [
-            "MODEL.PANOPTIC_CURRICULUM.SEM_SEG_ON",
-            False,
-            "MODEL.PANOPTIC_CURRICULUM.INSTANCE_ON",
-            False,
-            "MODEL.POINT_HEAD.ENABLED",
-            False,
-        ],
-        "inference",
-    ),
-    "train_point_on": (["MODEL.POINT_HEAD.ENABLED", True], "train"),
-    "train_point_off": (["MODEL.POINT_HEAD.ENABLED", False], "train"),
-}
+PEER = "vs_panoptic_fpn"
 
 
-def _peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def parse_args(argv=None) -> argparse.Namespace:
+    from panoptic_curriculum.utils.benchmark import VARIANTS
 
-
-def _current_rss_mb():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
-
-
-def run_variant(args, name):
-    """Measure one variant in this process; returns a dict."""
-    import torch
-
-    import panoptic_curriculum  # noqa: F401  compat + datasets
-    import detectron2.data.transforms as T
-    from detectron2.data import DatasetCatalog
-    from detectron2.modeling import build_model
-    from detectron2.utils.events import EventStorage
-
-    from panoptic_curriculum import load_config
-    from panoptic_curriculum.data.dataset_mapper import RGBDDatasetMapper
-
-    overrides, mode = VARIANTS[name]
-    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
-    cfg = load_config(
-        args.config_file,
-        overrides
-        + ["MODEL.DEVICE", device, "MODEL.POINT_HEAD.NUM_POINTS", args.num_points]
-        + args.opts,
-    )
-    rss_before_model = _current_rss_mb()
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dicts = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[: args.batch_size]
-    mapper = RGBDDatasetMapper(True, augmentations=[T.Resize((args.height, args.width))])
-    batch = [mapper(d) for d in dicts]
-    if mode == "inference":
-        for x in batch:
-            x.pop("instances", None)
-        model.eval()
-    else:
-        model.train()
-        optim = torch.optim.SGD(
-            [p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9
-        )
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else None
-
-    def step():
-        if autocast is not None:
-            with autocast:
-                out = model(batch)
-        else:
-            out = model(batch)
-        if mode == "train":
-            loss = sum(out.values())
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    ctx = torch.no_grad() if mode == "inference" else EventStorage()
-    with ctx:
-        for _ in range(args.warmup):
-            step()
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        times = []
-        for _ in range(args.iters):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-    times.sort()
-    peak = (
-        (torch.cuda.max_memory_allocated() - base) / 2**20
-        if device == "cuda"
-        else _peak_rss_mb() - rss_before_model
-    )
-    return {
-        "variant": name,
-        "mode": mode,
-        "device": device,
-        "median_s": times[len(times) // 2],
-        "mean_s": sum(times) / len(times),
-        "peak_mem_mb": peak,
-        "peak_mem_kind": "cuda_alloc" if device == "cuda" else "rss_above_pre_model",
-        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-    }
-
-
-def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-file", default="configs/synthetic/curriculum_R18_FPN.yaml")
     parser.add_argument("--height", type=int, default=384)
@@ -172,63 +45,145 @@ def main():
     parser.add_argument("--num-points", type=int, default=4096)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--peer-batch-size", type=int, default=1, help="batch of (d)")
+    parser.add_argument("--peer-iters", type=int, default=10, help="timed rounds of (d)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS) + [PEER],
+        choices=list(VARIANTS) + [PEER],
+        help="what to measure (default: everything)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--cpu", action="store_true", help="measure on the CPU even with a GPU")
     parser.add_argument("--output", default="output/benchmark.json")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def worker(args) -> dict:
+    import torch
+
+    import panoptic_curriculum  # noqa: F401  compat + datasets
+    from panoptic_curriculum.utils import benchmark as bm
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    common = dict(height=args.height, width=args.width, cpu=args.cpu, opts=args.opts)
+    if args.worker == "matmul":
+        return {"gflops_per_s": bm.matmul_gflops(bm.benchmark_device(args.cpu))}
+    if args.worker == PEER:
+        return bm.compare_with_panoptic_fpn(
+            args.config_file,
+            batch_size=args.peer_batch_size,
+            warmup=args.warmup,
+            iters=args.peer_iters,
+            **common,
+        )
+    return bm.run_variant(
+        args.config_file,
+        args.worker,
+        batch_size=args.batch_size,
+        num_points=args.num_points,
+        warmup=args.warmup,
+        iters=args.iters,
+        **common,
+    )
+
+
+def run_in_subprocess(name: str) -> dict:
+    argv = [a for a in sys.argv[1:] if a != "--worker"]
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", name] + argv
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"benchmark part {name} failed (exit {proc.returncode})")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def report(results: dict, matmul: float):
+    """The printed lines and the summary numbers (a), (b), (d)."""
+    summary = {}
+    rows = [
+        f"{'variant':<18}{'mode':<11}{'median ms':>10}{'peak MB':>9}{'params M':>9}"
+        f"{'GMAC/img':>10}{'GFLOP/s':>9}{'% mm':>6}"
+    ]
+    for name, r in results.items():
+        if name == PEER:
+            continue
+        rows.append(
+            f"{name:<18}{r['mode']:<11}{r['median_s'] * 1000:>10.1f}{r['peak_mem_mb']:>9.0f}"
+            f"{r['params_m']:>9.2f}{r['gmacs_per_image']:>10.2f}"
+            f"{r['achieved_gflops_per_s']:>9.1f}{100 * r['achieved_gflops_per_s'] / matmul:>6.0f}"
+        )
+    single = ("semantic_only", "instance_only", "depth_only")
+    if all(k in results for k in single + ("one_pass",)):
+        seq = sum(results[k]["median_s"] for k in single)
+        summary["one_pass_speedup"] = seq / results["one_pass"]["median_s"]
+        ok = "PASS" if summary["one_pass_speedup"] >= 1.8 else "MISS"
+        rows.append(
+            f"(a) one pass vs semantic+instance+depth one after the other: "
+            f"{summary['one_pass_speedup']:.2f}x faster (target >= 1.8x) {ok}"
+        )
+    if "train_point_on" in results and "train_point_off" in results:
+        on, off = results["train_point_on"]["median_s"], results["train_point_off"]["median_s"]
+        summary["point_branch_overhead"] = on / off - 1
+        ok = "PASS" if on / off - 1 <= 0.15 else "MISS"
+        rows.append(
+            f"(b) training step, point branch on vs off: {(on / off - 1) * 100:+.1f}% "
+            f"(target <= +15%) {ok}"
+        )
+    rows.append("(c) peak memory: per variant above")
+    if PEER in results:
+        p = results[PEER]
+        for name in ("ours", "panoptic_fpn"):
+            r = p[name]
+            rows.append(
+                f"(d) {name:<13} batch {p['batch_size']}: {r['median_s'] * 1000:8.1f} ms  "
+                f"{r['gmacs_per_image']:6.2f} GMAC/img  {r['achieved_gflops_per_s']:6.1f} GFLOP/s "
+                f"({100 * r['achieved_gflops_per_s'] / matmul:.0f}% mm)  "
+                f"detections {r['detections']}"
+            )
+        summary["one_pass_vs_panoptic_fpn"] = p["ratio"]
+        ok = "PASS" if p["ratio"] <= 1.0 else "MISS"
+        rows.append(
+            f"(d) our one pass / PanopticFPN: {p['ratio']:.3f}x (median of {p['iters']} "
+            f"interleaved runs; target <= 1.0x) {ok}; per-round median "
+            f"{p['paired_ratio_median']:.3f}x, CPU time {p['cpu_ratio']:.3f}x"
+        )
+    rows.append(
+        f"mm = the fastest large matrix product here: {matmul:.1f} GFLOP/s, the arithmetic "
+        "ceiling that '% mm' reads speed against"
+    )
+    return rows, summary
+
+
+def main() -> None:
+    args = parse_args()
     if args.worker:
-        print("RESULT " + json.dumps(run_variant(args, args.worker)), flush=True)
+        print("RESULT " + json.dumps(worker(args)), flush=True)
         return
-
+    matmul = run_in_subprocess("matmul")["gflops_per_s"]
     results = {}
-    for name in VARIANTS:
-        cmd = [sys.executable, __file__, "--worker", name] + [
-            a for a in sys.argv[1:] if a != "--worker"
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-            sys.stderr.write(proc.stderr[-4000:])
-            raise SystemExit(f"benchmark variant {name} failed (exit {proc.returncode})")
-        results[name] = json.loads(lines[-1][len("RESULT ") :])
-        print(f"measured {name}: {results[name]['median_s'] * 1000:.1f} ms", file=sys.stderr)
-
-    seq = sum(results[k]["median_s"] for k in ("semantic_only", "instance_only", "depth_only"))
-    speedup = seq / results["one_pass"]["median_s"]
-    overhead = results["train_point_on"]["median_s"] / results["train_point_off"]["median_s"] - 1
-    device = results["one_pass"]["device"]
+    for name in args.variants:
+        results[name] = run_in_subprocess(name)
+        r = results[name]
+        ms = r["median_s"] * 1000 if name != PEER else r["ratio"]
+        print(f"measured {name}: {ms:.3f}", file=sys.stderr)
+    device = "cpu" if args.cpu else next(iter(results.values())).get("device", "cpu")
     header = (
         f"device={device}  resolution={args.height}x{args.width}  batch={args.batch_size}  "
         f"points/image={args.num_points}  config={args.config_file}"
     )
-    rows = [f"{'variant':<18}{'mode':<11}{'median ms':>11}{'peak MB':>10}{'params M':>10}"]
-    for r in results.values():
-        rows.append(
-            f"{r['variant']:<18}{r['mode']:<11}{r['median_s'] * 1000:>11.1f}"
-            f"{r['peak_mem_mb']:>10.0f}{r['params_m']:>10.2f}"
-        )
-    rows.append(
-        f"(a) one pass vs semantic+instance+depth one after the other: {speedup:.2f}x "
-        f"faster (target >= 1.8x) {'PASS' if speedup >= 1.8 else 'MISS'}"
-    )
-    rows.append(
-        f"(b) training step, point branch on vs off: {overhead * 100:+.1f}% "
-        f"(target <= +15%) {'PASS' if overhead <= 0.15 else 'MISS'}"
-    )
-    rows.append(f"(c) peak memory: {results['one_pass']['peak_mem_kind']} per variant above")
+    rows, summary = report(results, matmul)
     print(header)
     print("\n".join(rows))
     os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(
-            {
-                "setting": header,
-                "results": results,
-                "one_pass_speedup": speedup,
-                "point_branch_overhead": overhead,
-            },
+            {"setting": header, "matmul_gflops_per_s": matmul, **summary, "results": results},
             f,
             indent=2,
         )

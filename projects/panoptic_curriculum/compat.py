@@ -8,7 +8,8 @@ the layer is a no-op on a complete installation.
 
 What each piece supplies:
 
-* NumPy >= 1.24 removed the aliases ``np.bool``, ``np.int``, ``np.float``, ``np.str``; v0.6 uses them (masks, semantic evaluator, data loader, visualizer).
+* NumPy >= 1.24 removed the aliases ``np.bool``, ``np.int``, ``np.float``, ``np.str``;
+  v0.6 uses them (masks, semantic evaluator, data loader, visualizer).
 * Pillow >= 10 removed ``Image.LINEAR``, a default argument evaluated when
   ``detectron2.data.transforms`` is imported.
 * setuptools >= 81 no longer ships ``pkg_resources``, which ``detectron2.model_zoo`` imports to
@@ -24,6 +25,12 @@ What each piece supplies:
   ``scripting_with_instances``, ``dump_torchscript_IR``) and model analysis work; anything
   that would run Caffe2 itself raises :class:`Caffe2UnavailableError`. The stand-in's finder
   sits last on ``sys.meta_path``, so a real ``caffe2`` is always found first.
+* Python >= 3.11: ``MapDataset`` (every detectron2 data loader) calls ``random.sample`` on a
+  set when the mapper returns ``None`` to drop a sample; it draws from a tuple instead.
+* torch >= 2.0: the ``LRScheduler`` hook checks for ``_LRScheduler``, so a built-in
+  scheduler's state was left out of checkpoints; it checks for ``LRScheduler`` too.
+* ``nms_rotated``'s replacement without the extension is TorchScript-scriptable, so scripted
+  code that references it compiles and fails with the missing-operator message when run.
 * ``cityscapesscripts`` 2.3 (fixed in each of its modules right after that module is first
   imported, see :func:`install_cityscapesscripts_fixes`): its evaluations call ``np.in1d``,
   removed in NumPy 2.4; its instance evaluation writes NumPy scalars with a JSON encoder that
@@ -47,6 +54,8 @@ import os
 import sys
 import types
 import warnings
+
+import torch
 
 __all__ = [
     "apply",
@@ -309,8 +318,18 @@ def _modulated_deform_conv_tv(
     )
 
 
-def _nms_rotated_missing(boxes, scores, iou_threshold):
-    raise MissingOperatorError(_missing_message("nms_rotated"))
+def _nms_rotated_missing(
+    boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float
+) -> torch.Tensor:
+    """``nms_rotated`` without the compiled extension: raises MissingOperatorError. Scriptable,
+    so code that references it compiles with ``torch.jit.script`` and fails with this message
+    only when run (TorchScript takes no global strings: the message is ``_missing_message``'s
+    text written out, which a test checks)."""
+    raise MissingOperatorError(
+        "detectron2 operator 'nms_rotated' (used by nms_rotated / batched_nms_rotated) needs "
+        "detectron2's compiled C++/CUDA extension (detectron2._C), which this installation "
+        "was built without. Build detectron2 from source to use it."
+    )
 
 
 def patch_layers_without_extension() -> bool:
@@ -339,6 +358,94 @@ def patch_coco_eval_without_extension() -> bool:
     from detectron2.evaluation import coco_evaluation
 
     coco_evaluation.COCOeval_opt = COCOeval
+    return True
+
+
+def _map_dataset_getitem(self, idx):
+    """``MapDataset.__getitem__`` drawing the fallback index from a tuple: a mapper that
+    returns ``None`` (detectron2's way to drop a sample) makes it try a random other index
+    of those not yet failed, as v0.6 does on Python < 3.11 (which turned the set into a
+    tuple inside ``random.sample``; Python 3.11 refuses sets)."""
+    cur_idx = int(idx)
+    retries = 0
+    while True:
+        data = self._map_func(self._dataset[cur_idx])
+        if data is not None:
+            self._fallback_candidates.add(cur_idx)
+            return data
+        retries += 1
+        self._fallback_candidates.discard(cur_idx)
+        if not self._fallback_candidates:
+            raise RuntimeError(
+                f"the dataset mapper returned None for every sample it was given (last index "
+                f"{cur_idx}, {len(self._dataset)} samples): nothing left to train on"
+            )
+        cur_idx = self._rng.sample(tuple(self._fallback_candidates), k=1)[0]
+        if retries >= 3:
+            logging.getLogger("detectron2.data.common").warning(
+                "Failed to apply `_map_func` for idx: %s, retry count: %d", idx, retries
+            )
+
+
+def _map_dataset_drops_fail(map_dataset_cls) -> bool:
+    """Whether ``map_dataset_cls`` crashes when its mapper drops a sample (returns None)."""
+    dataset = map_dataset_cls([0, 1], lambda x: None if x == 0 else x)
+    try:
+        return dataset[0] != 1
+    except TypeError:  # "Population must be a sequence" (Python >= 3.11)
+        return True
+
+
+def patch_map_dataset(map_dataset_cls=None) -> bool:
+    """Let ``detectron2.data.common.MapDataset`` drop samples on Python >= 3.11. Only where
+    its own ``__getitem__`` fails at it. Returns whether it was patched."""
+    if map_dataset_cls is None:
+        from detectron2.data.common import MapDataset as map_dataset_cls
+    if not _map_dataset_drops_fail(map_dataset_cls):
+        return False
+    map_dataset_cls.__getitem__ = _map_dataset_getitem
+    return True
+
+
+def _torch_scheduler_types() -> tuple:
+    """The base classes of torch's LR schedulers: ``LRScheduler`` (torch >= 2.0) and the
+    older ``_LRScheduler``."""
+    sched = torch.optim.lr_scheduler
+    return tuple(getattr(sched, n) for n in ("LRScheduler", "_LRScheduler") if hasattr(sched, n))
+
+
+def _lr_hook_state_dict(self):
+    """``hooks.LRScheduler.state_dict`` that also saves torch >= 2.0 built-in schedulers."""
+    if isinstance(self.scheduler, _torch_scheduler_types()):
+        return self.scheduler.state_dict()
+    return {}
+
+
+def _lr_hook_load_state_dict(self, state_dict):
+    """``hooks.LRScheduler.load_state_dict`` that also restores torch >= 2.0 schedulers."""
+    if isinstance(self.scheduler, _torch_scheduler_types()):
+        logging.getLogger("detectron2.engine.hooks").info("Loading scheduler from state_dict ...")
+        self.scheduler.load_state_dict(state_dict)
+
+
+def _lr_hook_drops_builtin_scheduler(hook_cls) -> bool:
+    """Whether ``hook_cls.state_dict`` leaves out a torch built-in scheduler's state."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+    return "last_epoch" not in hook_cls(optimizer, scheduler).state_dict()
+
+
+def patch_lr_scheduler_hook(hook_cls=None) -> bool:
+    """Checkpoint torch's built-in LR schedulers through detectron2's ``LRScheduler`` hook:
+    v0.6 checks for ``_LRScheduler``, which torch >= 2.0's schedulers no longer derive from,
+    so their state was silently left out of checkpoints and a resumed run restarted its
+    schedule. Only where the hook drops it. Returns whether the hook was patched."""
+    if hook_cls is None:
+        from detectron2.engine.hooks import LRScheduler as hook_cls
+    if not _lr_hook_drops_builtin_scheduler(hook_cls):
+        return False
+    hook_cls.state_dict = _lr_hook_state_dict
+    hook_cls.load_state_dict = _lr_hook_load_state_dict
     return True
 
 
@@ -443,6 +550,8 @@ def apply() -> dict:
     report["layers"] = patch_layers_without_extension()
     report["coco_eval"] = patch_coco_eval_without_extension()
     report["cityscapesscripts"] = install_cityscapesscripts_fixes()
+    report["map_dataset"] = patch_map_dataset()
+    report["lr_scheduler_hook"] = patch_lr_scheduler_hook()
     _APPLIED = True
     changed = {k: v for k, v in report.items() if v}
     if changed:

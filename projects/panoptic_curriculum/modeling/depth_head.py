@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from detectron2.config import configurable
-from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.layers import Conv2d, DepthwiseSeparableConv2d, ShapeSpec, get_norm
 from detectron2.utils.registry import Registry
 
 __all__ = ["DEPTH_HEAD_REGISTRY", "build_depth_head", "DeepLabDepthHead", "depth_loss"]
@@ -105,6 +105,7 @@ class DeepLabDepthHead(nn.Module):
         loss_weight: float,
         canonical_focal: float = 0.0,
         camera_coords: bool = False,
+        use_depthwise_separable_conv: bool = False,
     ):
         """
         Args:
@@ -117,6 +118,9 @@ class DeepLabDepthHead(nn.Module):
             canonical_focal: focal length (pixels) of the canonical camera; 0 disables the
                 focal scaling.
             camera_coords: append the per-pixel ray direction channels.
+            use_depthwise_separable_conv: fuse with one 5x5 depthwise-separable convolution
+                (depthwise with bias, then 1x1 with ``norm`` and ReLU, as in Xception)
+                instead of two 3x3 convolutions.
         """
         super().__init__()
         if not 0 < min_depth < max_depth:
@@ -144,22 +148,35 @@ class DeepLabDepthHead(nn.Module):
             weight_init.c2_msra_fill(conv)
             self.lateral[name] = conv
         self.camera_coords = camera_coords
-        self.fuse = nn.Sequential(
-            *[
-                Conv2d(
-                    conv_dims + (2 if camera_coords and i == 0 else 0),
-                    conv_dims,
-                    kernel_size=3,
-                    padding=1,
-                    bias=use_bias,
-                    norm=get_norm(norm, conv_dims),
-                    activation=F.relu,
-                )
-                for i in range(2)
-            ]
-        )
-        for layer in self.fuse:
-            weight_init.c2_msra_fill(layer)
+        fuse_in = conv_dims + (2 if camera_coords else 0)
+        if use_depthwise_separable_conv:
+            self.fuse = DepthwiseSeparableConv2d(
+                fuse_in,
+                conv_dims,
+                kernel_size=5,
+                padding=2,
+                norm2=norm,
+                activation2=F.relu,
+            )
+            weight_init.c2_msra_fill(self.fuse.depthwise)
+            weight_init.c2_msra_fill(self.fuse.pointwise)
+        else:
+            self.fuse = nn.Sequential(
+                *[
+                    Conv2d(
+                        fuse_in if i == 0 else conv_dims,
+                        conv_dims,
+                        kernel_size=3,
+                        padding=1,
+                        bias=use_bias,
+                        norm=get_norm(norm, conv_dims),
+                        activation=F.relu,
+                    )
+                    for i in range(2)
+                ]
+            )
+            for layer in self.fuse:
+                weight_init.c2_msra_fill(layer)
         self.predictor = Conv2d(conv_dims, 1, kernel_size=1)
         nn.init.normal_(self.predictor.weight, 0, 0.001)
         nn.init.constant_(self.predictor.bias, 0.0)
@@ -192,6 +209,7 @@ class DeepLabDepthHead(nn.Module):
             "loss_weight": c.LOSS_WEIGHT,
             "canonical_focal": c.CANONICAL_FOCAL,
             "camera_coords": c.CAMERA_COORDS,
+            "use_depthwise_separable_conv": c.USE_DEPTHWISE_SEPARABLE_CONV,
         }
 
     @property

@@ -26,7 +26,7 @@ from .depth_head import build_depth_head
 from .instance_adapter import build_instance_adapter
 from .loss_weighting import LOSS_WEIGHTING_MODES, UncertaintyLossWeighting
 from .point_head import build_point_head, consistency_loss, point_cross_entropy, sample_pixels
-from .postprocessing import postprocess_image
+from .postprocessing import channel_argmax, postprocess_image
 
 __all__ = ["PanopticCurriculumModel"]
 
@@ -309,7 +309,8 @@ class PanopticCurriculumModel(nn.Module):
     def _image_mask(self, images: ImageList) -> torch.Tensor:
         """``[B, H, W]`` True inside each image (not padding)."""
         b, _, h, w = images.tensor.shape
-        sizes = torch.as_tensor(images.image_sizes, device=self.device)
+        # int(): under tracing (flop counting, export) the sizes are 0-d tensors
+        sizes = torch.tensor([[int(h), int(w)] for h, w in images.image_sizes], device=self.device)
         rows = torch.arange(h, device=self.device)[None, :, None] < sizes[:, 0, None, None]
         cols = torch.arange(w, device=self.device)[None, None, :] < sizes[:, 1, None, None]
         return rows & cols
@@ -504,7 +505,7 @@ class PanopticCurriculumModel(nn.Module):
             valid = self._image_mask(images)
             if self.no_surface_classes:  # e.g. sky: no surface to lift, never trained on
                 no_surface = torch.as_tensor(self.no_surface_classes, device=self.device)
-                valid &= ~torch.isin(sem_logits.argmax(dim=1), no_surface)
+                valid &= ~torch.isin(channel_argmax(sem_logits), no_surface)
             point_out = self._point_branch(features, sem_logits, depth, K, valid)
 
         results = []
