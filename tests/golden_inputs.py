@@ -134,7 +134,9 @@ def short_metadata():
     """Metadata with 3 stuff colours for 5 classes (the hook pads the palette)."""
     colors = [[255, 0, 0], [0, 255, 0], [0, 0, 255]]
     return SimpleNamespace(
-        name="short", stuff_colors=colors, get=lambda k, d=None: colors if k == "stuff_colors" else d
+        name="short",
+        stuff_colors=colors,
+        get=lambda k, d=None: colors if k == "stuff_colors" else d,
     )
 
 

@@ -20,7 +20,8 @@ from panoptic_curriculum.utils import visualization as V
 
 from detectron2.data import MetadataCatalog
 
-GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "visualization_golden.json")
+HERE = os.path.dirname(os.path.abspath(__file__))
+GOLDEN = os.path.join(HERE, "data", "visualization_golden.json")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,8 @@ def digest(value):
     if isinstance(value, (list, str)):
         return value
     a = np.ascontiguousarray(value)
-    return {"shape": list(a.shape), "dtype": str(a.dtype), "sha256": hashlib.sha256(a.tobytes()).hexdigest()}
+    sha = hashlib.sha256(a.tobytes()).hexdigest()
+    return {"shape": list(a.shape), "dtype": str(a.dtype), "sha256": sha}
 
 
 def check(golden, outputs):
@@ -86,3 +88,25 @@ def test_point_colours(golden, metadata):
         gi.model_outputs(), gi.K, metadata, [6]
     )
     check(golden, out)
+
+
+def test_hook_colours(golden):
+    """The point-cloud dump hook's palette (padded) and colouring, through the shared
+    helpers."""
+    palette = V.class_palette(gi.short_metadata(), 5)
+    labels = np.array([0, 1, 2, 3, 4, 255, 9])
+    pixels = gi.point_branch_output()["pixels"].double().numpy()
+    out = {
+        "hook_colors": V.label_point_colors(labels, palette, 255),
+        "hook_labels_at_pixels": V.labels_at_pixels(gi.sem_seg(), pixels),
+    }
+    check(golden, out)
+
+
+def test_package_exports():
+    """``panoptic_curriculum.utils`` re-exports (lazily) every public name of the package."""
+    import panoptic_curriculum.utils as utils
+
+    assert sorted(utils.__all__) == sorted(V.__all__)
+    for name in V.__all__:
+        assert getattr(utils, name) is getattr(V, name)
