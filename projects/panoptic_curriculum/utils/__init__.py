@@ -12,7 +12,9 @@ import importlib
 _VISUALIZATION = (
     "AGREEMENT_COLOR",
     "DISAGREEMENT_COLOR",
+    "EMPTY_CLOUD_REASON",
     "IGNORED_POINT_COLOR",
+    "IMAGE_EXTENSIONS",
     "PointCloudRenderer",
     "add_picture_arguments",
     "add_title",
@@ -27,7 +29,10 @@ _VISUALIZATION = (
     "draw_semantic",
     "label_point_colors",
     "labels_at_pixels",
+    "list_images",
+    "point_branch_views",
     "prediction_point_cloud",
+    "prediction_views",
     "read_point_cloud_ply",
     "read_point_cloud_plys",
     "render_point_cloud",
@@ -35,6 +40,9 @@ _VISUALIZATION = (
     "save_point_cloud_ply",
     "show_point_clouds",
     "tile_panels",
+    "unique_stem",
+    "write_png_rgb",
+    "write_views",
 )
 
 __all__ = list(_VISUALIZATION)

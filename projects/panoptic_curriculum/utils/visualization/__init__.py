@@ -7,6 +7,7 @@
 * :mod:`.render3d`: Open3D: PLY files, headless rendering, interactive windows (Open3D is
   imported lazily there, so the package imports on machines without it);
 * :mod:`.predictions`: pictures and point clouds of a model's outputs;
+* :mod:`.files`: input image lists, output names, PNG files, one image's pictures on disk;
 * :mod:`.arguments`: command-line options shared by the drawing tools.
 
 Conventions: images are ``(H, W, 3)`` uint8 **RGB**; depth is ``(H, W)`` float metres, 0 =
@@ -34,8 +35,15 @@ from .draw2d import (
     draw_semantic,
     tile_panels,
 )
+from .files import IMAGE_EXTENSIONS, list_images, unique_stem, write_png_rgb, write_views
 from .pointcloud import class_colored_points, labels_at_pixels
-from .predictions import draw_prediction, prediction_point_cloud
+from .predictions import (
+    EMPTY_CLOUD_REASON,
+    draw_prediction,
+    point_branch_views,
+    prediction_point_cloud,
+    prediction_views,
+)
 from .render3d import (
     PointCloudRenderer,
     display_available,
@@ -73,4 +81,12 @@ __all__ = [
     "show_point_clouds",
     "draw_prediction",
     "prediction_point_cloud",
+    "prediction_views",
+    "point_branch_views",
+    "EMPTY_CLOUD_REASON",
+    "IMAGE_EXTENSIONS",
+    "list_images",
+    "unique_stem",
+    "write_png_rgb",
+    "write_views",
 ]
