@@ -36,14 +36,12 @@ Example::
 import panoptic_curriculum  # noqa: F401  (first: detectron2 compatibility fixes, datasets)
 
 import argparse
-import glob
 import json
 import logging
 import os
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
-import cv2
 import numpy as np
 import tqdm
 
@@ -56,16 +54,15 @@ from panoptic_curriculum.engine.predictor import (
     load_intrinsics_json,
 )
 from panoptic_curriculum.utils.visualization import (
-    add_picture_arguments,
     PointCloudRenderer,
-    draw_prediction,
-    prediction_point_cloud,
-    save_point_cloud_ply,
+    add_picture_arguments,
+    list_images,
+    prediction_views,
+    unique_stem,
+    write_views,
 )
 
 from detectron2.utils.logger import setup_logger
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -114,42 +111,6 @@ def setup_cfg(args: argparse.Namespace):
     return load_config(args.config_file, args.opts)
 
 
-def list_inputs(args: argparse.Namespace) -> List[str]:
-    """The image paths to process: ``--input`` (globs expanded, order kept) or the image
-    files of ``--input-dir`` (sorted)."""
-    if args.input_dir is not None:
-        if not os.path.isdir(args.input_dir):
-            raise FileNotFoundError(f"--input-dir {args.input_dir} is not a folder")
-        names = sorted(os.listdir(args.input_dir))
-        return [
-            os.path.join(args.input_dir, n)
-            for n in names
-            if n.lower().endswith(IMAGE_EXTENSIONS)
-            and os.path.isfile(os.path.join(args.input_dir, n))
-        ]
-    paths = []
-    for item in args.input:
-        if glob.has_magic(item):
-            paths.extend(sorted(glob.glob(os.path.expanduser(item))))
-        else:
-            paths.append(item)
-    return paths
-
-
-def unique_stem(path: str, used: set) -> str:
-    stem = os.path.splitext(os.path.basename(path))[0]
-    candidate, k = stem, 1
-    while candidate in used:
-        candidate, k = f"{stem}_{k}", k + 1
-    used.add(candidate)
-    return candidate
-
-
-def write_png(path: str, image_rgb: np.ndarray) -> None:
-    if not cv2.imwrite(path, np.ascontiguousarray(image_rgb[:, :, ::-1])):
-        raise OSError(f"could not write {path}")
-
-
 def process_image(
     path: str,
     stem: str,
@@ -173,55 +134,26 @@ def process_image(
             K[1, 2],
         )
     outputs = predictor(image_bgr, K)
-    image_rgb = np.ascontiguousarray(image_bgr[:, :, ::-1])
-    metadata = predictor.metadata
-
-    files = {}
-    pictures = draw_prediction(
-        image_rgb, outputs, metadata, args.confidence_threshold, args.max_depth
+    skip = predictor.cfg.MODEL.POINT_HEAD.NO_SURFACE_CLASSES
+    pictures, cloud, stats = prediction_views(
+        np.ascontiguousarray(image_bgr[:, :, ::-1]),
+        outputs,
+        K,
+        predictor.metadata,
+        args.confidence_threshold,
+        args.max_depth,
+        skip,
     )
-    for key in ("semantic", "instances", "panoptic", "depth"):
-        if key in pictures:
-            files[key] = f"{stem}_{key}.png"
-            write_png(os.path.join(args.output, files[key]), pictures[key])
-    entry = {"input": path, "image_size": [height, width], "intrinsics": K.tolist()}
-    if "instances" in outputs:
-        scores = outputs["instances"].scores
-        entry["num_instances"] = int((scores >= args.confidence_threshold).sum())
-    if "panoptic_seg" in outputs:
-        entry["num_segments"] = len(outputs["panoptic_seg"][1])
-    if "depth" in outputs:
-        depth = outputs["depth"].cpu().numpy()
-        points, colors = prediction_point_cloud(
-            outputs, K, metadata, predictor.cfg.MODEL.POINT_HEAD.NO_SURFACE_CLASSES
+    if "pointcloud" in stats:  # empty
+        logging.getLogger("demo").warning(
+            "%s: the predicted point cloud is %s %s; no %s_pointcloud.ply/.png written",
+            path,
+            stats["pointcloud"],
+            list(skip),
+            stem,
         )
-        if points.shape[0] == 0:
-            entry["pointcloud"] = (
-                "empty: no pixel has a valid predicted depth and a class outside "
-                "MODEL.POINT_HEAD.NO_SURFACE_CLASSES"
-            )
-            logging.getLogger("demo").warning(
-                "%s: the predicted point cloud is empty (no pixel has a valid predicted depth "
-                "and a class outside MODEL.POINT_HEAD.NO_SURFACE_CLASSES %s); no "
-                "%s_pointcloud.ply/.png written",
-                path,
-                list(predictor.cfg.MODEL.POINT_HEAD.NO_SURFACE_CLASSES),
-                stem,
-            )
-        else:
-            files["pointcloud_ply"] = f"{stem}_pointcloud.ply"
-            save_point_cloud_ply(os.path.join(args.output, files["pointcloud_ply"]), points, colors)
-            files["pointcloud_render"] = f"{stem}_pointcloud.png"
-            write_png(
-                os.path.join(args.output, files["pointcloud_render"]),
-                renderer.render(points, colors),
-            )
-        valid = np.isfinite(depth) & (depth > 0)
-        entry["num_points"] = int(points.shape[0])
-        entry["depth_range_m"] = (
-            [float(depth[valid].min()), float(depth[valid].max())] if valid.any() else None
-        )
-    entry["files"] = files
+    entry = {"input": path, "image_size": [height, width], "intrinsics": K.tolist(), **stats}
+    entry["files"] = write_views(args.output, stem, pictures, cloud, renderer)
     return entry
 
 
@@ -233,7 +165,7 @@ def main(argv=None) -> int:
     logger.info("Arguments: %s", args)
     cfg = setup_cfg(args)
 
-    paths = list_inputs(args)
+    paths = list_images(args.input, args.input_dir)
     if not paths:
         where = args.input_dir if args.input_dir is not None else " ".join(args.input)
         logger.error("No input images found in %s", where)

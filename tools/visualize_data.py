@@ -30,25 +30,19 @@ import json
 import os
 from typing import Dict, List
 
-import cv2
-import numpy as np
 import tqdm
 
 import panoptic_curriculum  # noqa: F401  (before detectron2: compatibility fixes, datasets)
 from panoptic_curriculum import load_config
-from panoptic_curriculum.data.dataset_mapper import RGBDDatasetMapper
-from panoptic_curriculum.utils.visualization import add_picture_arguments
-from panoptic_curriculum.utils import (
+from panoptic_curriculum.data.preview import PREVIEW_SOURCES, preview_mapper, sample_views
+from panoptic_curriculum.utils.visualization import (
     PointCloudRenderer,
-    class_colored_points,
-    colorize_depth,
-    draw_instances,
-    draw_semantic,
-    save_point_cloud_ply,
+    add_picture_arguments,
+    unique_stem,
+    write_views,
 )
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.detection_utils import convert_image_to_rgb
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
@@ -62,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--config-file", default=DEFAULT_CONFIG, metavar="FILE")
     parser.add_argument(
         "--source",
-        choices=["dataloader", "annotation"],
+        choices=PREVIEW_SOURCES,
         default="dataloader",
         help="dataloader: augmented training samples; annotation: samples as stored",
     )
@@ -86,68 +80,6 @@ def setup_cfg(args: argparse.Namespace):
     return load_config(args.config_file, args.opts)
 
 
-def _write_png(path: str, image_rgb: np.ndarray) -> None:
-    if not cv2.imwrite(path, np.ascontiguousarray(image_rgb[:, :, ::-1])):
-        raise OSError(f"could not write {path}")
-
-
-def _unique_stem(file_name: str, used: set) -> str:
-    stem = os.path.splitext(os.path.basename(file_name))[0]
-    candidate, k = stem, 1
-    while candidate in used:
-        candidate, k = f"{stem}_{k}", k + 1
-    used.add(candidate)
-    return candidate
-
-
-def visualize_sample(
-    sample: Dict, stem: str, args, metadata, image_format: str, renderer: PointCloudRenderer
-) -> Dict:
-    """Write the pictures of one mapped sample; returns its summary entry."""
-    out = args.output_dir
-    image = convert_image_to_rgb(sample["image"].permute(1, 2, 0), image_format)
-    image = np.ascontiguousarray(image, dtype=np.uint8)
-    height, width = image.shape[:2]
-    files = {"image": f"{stem}_image.png"}
-    _write_png(os.path.join(out, files["image"]), image)
-
-    sem_seg = sample.get("sem_seg")
-    if sem_seg is not None:
-        files["semantic"] = f"{stem}_semantic.png"
-        _write_png(os.path.join(out, files["semantic"]), draw_semantic(image, sem_seg, metadata))
-    instances = sample.get("instances")
-    num_instances = len(instances) if instances is not None else 0
-    files["instances"] = f"{stem}_instances.png"
-    drawn = draw_instances(image, instances if instances is not None else [], metadata)
-    _write_png(os.path.join(out, files["instances"]), drawn)
-
-    entry = {
-        "file_name": sample["file_name"],
-        "image_size": [height, width],
-        "num_instances": num_instances,
-    }
-    if "depth" in sample:
-        depth, K = sample["depth"], sample["intrinsics"]
-        files["depth"] = f"{stem}_depth.png"
-        _write_png(os.path.join(out, files["depth"]), colorize_depth(depth, args.max_depth))
-        points, colors = class_colored_points(depth, K, sem_seg, metadata.stuff_colors)
-        files["pointcloud_ply"] = f"{stem}_pointcloud.ply"
-        save_point_cloud_ply(os.path.join(out, files["pointcloud_ply"]), points, colors)
-        files["pointcloud_render"] = f"{stem}_pointcloud.png"
-        _write_png(os.path.join(out, files["pointcloud_render"]), renderer.render(points, colors))
-        valid = depth > 0
-        entry.update(
-            num_valid_depth_pixels=int(valid.sum()),
-            num_points=int(points.shape[0]),
-            depth_range_m=[float(depth[valid].min()), float(depth.max())] if valid.any() else None,
-            intrinsics=[[float(x) for x in row] for row in K.tolist()],
-        )
-    else:
-        entry.update(num_valid_depth_pixels=0, num_points=0, depth_range_m=None, intrinsics=None)
-    entry["files"] = files
-    return entry
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     logger = setup_logger(name="visualize_data")
@@ -163,20 +95,17 @@ def main(argv=None) -> None:
         "Visualising %d of %d samples of %s (source: %s)", num, len(dicts), dataset, args.source
     )
 
-    if args.source == "dataloader":
-        mapper = RGBDDatasetMapper(cfg, is_train=True)
-    else:
-        mapper = RGBDDatasetMapper(cfg, is_train=True, augmentations=[])
+    mapper = preview_mapper(cfg, args.source)
     seed_all_rng(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
     renderer = PointCloudRenderer(*args.render_size)
 
     samples, used = [], set()
     for d in tqdm.tqdm(dicts[:num], desc="samples", unit="img"):
-        stem = _unique_stem(d["file_name"], used)
-        samples.append(
-            visualize_sample(mapper(d), stem, args, metadata, cfg.INPUT.FORMAT, renderer)
-        )
+        stem = unique_stem(d["file_name"], used)
+        pictures, cloud, entry = sample_views(mapper(d), metadata, cfg.INPUT.FORMAT, args.max_depth)
+        entry["files"] = write_views(args.output_dir, stem, pictures, cloud, renderer)
+        samples.append(entry)
     renderer.close()
 
     summary = {

@@ -31,10 +31,8 @@ import argparse
 import logging
 import os
 import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Tuple
 
-import cv2
-import numpy as np
 import torch
 
 from panoptic_curriculum import load_config
@@ -42,17 +40,18 @@ from panoptic_curriculum.data.depth_io import read_image, read_intrinsics
 from panoptic_curriculum.engine.predictor import RGBDPredictor
 from panoptic_curriculum.utils.visualization import (
     PointCloudRenderer,
-    disagreement_point_colors,
-    label_point_colors,
+    point_branch_views,
+    read_point_cloud_plys,
     render_point_cloud_panels,
     show_point_clouds,
+    write_png_rgb,
 )
+from panoptic_curriculum.utils.visualization.render3d import Cloud
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.logger import setup_logger
 
 DEFAULT_OUTPUT = "pointcloud_panels.png"
-Cloud = Tuple[np.ndarray, Optional[np.ndarray]]
 
 logger = logging.getLogger("visualize_pointcloud")
 
@@ -101,24 +100,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def ply_clouds(paths: Sequence[str]) -> Tuple[List[Cloud], List[str]]:
-    """Points and colours of each PLY file, with a title per file."""
-    import open3d as o3d  # lazy: only this mode needs it here
-
-    clouds, titles = [], []
-    for path in paths:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"PLY file not found: {path}")
-        pc = o3d.io.read_point_cloud(path)
-        points = np.asarray(pc.points, dtype=np.float32)
-        if points.shape[0] == 0:
-            raise ValueError(f"no points could be read from {path}")
-        colors = np.asarray(pc.colors, dtype=np.float32) if pc.has_colors() else None
-        clouds.append((points, colors))
-        titles.append(f"{os.path.basename(path)} ({points.shape[0]} points)")
-    return clouds, titles
-
-
 def setup_cfg(args: argparse.Namespace):
     cfg = load_config(args.config_file, args.opts, freeze=False)
     if not cfg.MODEL.POINT_HEAD.ENABLED:
@@ -145,50 +126,15 @@ def dataset_clouds(args: argparse.Namespace) -> Tuple[List[Cloud], List[str]]:
     predictor = RGBDPredictor(cfg)
     torch.manual_seed(args.seed)
     outputs = predictor(read_image(d["file_name"], format="BGR"), read_intrinsics(d))
-    pc = outputs["point_cloud"]
-    points = pc["points"].cpu().numpy().astype(np.float32)
-    labels_2d = pc["labels_2d"].cpu().numpy()
-    labels_3d = pc["labels_3d"].cpu().numpy()
-    num = points.shape[0]
-
     gt = None
     if "sem_seg_file_name" in d:
-        sem = read_image(d["sem_seg_file_name"], "L")[:, :, 0].astype(np.int64)
-        uv = np.rint(pc["pixels"].cpu().numpy()).astype(np.int64)
-        u = np.clip(uv[:, 0], 0, sem.shape[1] - 1)
-        v = np.clip(uv[:, 1], 0, sem.shape[0] - 1)
-        gt = sem[v, u]
+        gt = read_image(d["sem_seg_file_name"], "L")[:, :, 0]
     else:
         logger.warning("%s has no semantic labels: the ground-truth panel is grey", d["file_name"])
-
-    colors = metadata.stuff_colors
-    disagree = int((labels_2d != labels_3d).sum())
-    titles = [
-        "ground truth" if gt is not None else "ground truth (none)",
-        "2D prediction",
-        "3D prediction",
-        f"2D != 3D: {disagree}/{num} points",
-    ]
-    clouds = [
-        (
-            points,
-            label_point_colors(gt if gt is not None else np.full(num, ignore), colors, ignore),
-        ),
-        (points, label_point_colors(labels_2d, colors, ignore)),
-        (points, label_point_colors(labels_3d, colors, ignore)),
-        (points, disagreement_point_colors(labels_2d, labels_3d)),
-    ]
-    message = "%d points; 2D and 3D labels agree on %.1f%%"
-    values = [num, 100.0 * (num - disagree) / max(num, 1)]
-    if gt is not None:
-        labelled = gt != ignore
-        n = max(int(labelled.sum()), 1)
-        message += "; accuracy on labelled points: 2D %.1f%%, 3D %.1f%%"
-        values += [
-            100.0 * float((labels_2d == gt)[labelled].sum()) / n,
-            100.0 * float((labels_3d == gt)[labelled].sum()) / n,
-        ]
-    logger.info(message, *values)
+    clouds, titles, summary = point_branch_views(
+        outputs["point_cloud"], metadata.stuff_colors, ignore, gt
+    )
+    logger.info(summary)
     return clouds, titles
 
 
@@ -199,7 +145,7 @@ def main(argv=None) -> int:
     setup_logger()  # detectron2
     logger.info("Arguments: %s", args)
 
-    clouds, titles = ply_clouds(args.ply) if args.ply else dataset_clouds(args)
+    clouds, titles = read_point_cloud_plys(args.ply) if args.ply else dataset_clouds(args)
 
     shown = False
     if not args.headless:
@@ -217,8 +163,7 @@ def main(argv=None) -> int:
         renderer.close()
     output = args.output or DEFAULT_OUTPUT
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    if not cv2.imwrite(output, np.ascontiguousarray(panels[:, :, ::-1])):
-        raise OSError(f"could not write {output}")
+    write_png_rgb(output, panels)
     logger.info(
         "Wrote %d panel(s) (%dx%d) to %s", len(clouds), panels.shape[1], panels.shape[0], output
     )

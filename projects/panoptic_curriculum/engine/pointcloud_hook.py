@@ -41,7 +41,12 @@ from detectron2.utils import comm
 
 from ..data.dataset_mapper import RGBDDatasetMapper
 from ..data.depth_io import read_image
-from ..utils.visualization import IGNORED_POINT_COLOR, save_point_cloud_ply
+from ..utils.visualization import (
+    class_palette,
+    label_point_colors,
+    labels_at_pixels,
+    save_point_cloud_ply,
+)
 
 __all__ = ["PointCloudDumpHook", "build_pointcloud_hook", "preserved_rng_state", "AGREEMENT_KEY"]
 
@@ -94,44 +99,6 @@ def _model_device(model: nn.Module) -> torch.device:
     if device is None:
         device = next(iter(model.parameters()), torch.empty(0)).device
     return torch.device(device)
-
-
-def _class_palette(metadata, num_classes: int) -> np.ndarray:
-    """``(max(C, num_classes), 3)`` float32 RGB in 0..1: ``metadata.stuff_colors`` padded
-    with fixed pseudo-random colours for classes it does not cover."""
-    colors = list(metadata.get("stuff_colors", None) or [])
-    if len(colors) < num_classes:
-        logger.warning(
-            "PointCloudDumpHook: %s has %d stuff_colors for %d semantic classes; using fixed "
-            "random colours for the rest",
-            metadata.name,
-            len(colors),
-            num_classes,
-        )
-        extra = np.random.RandomState(0).randint(0, 256, size=(num_classes - len(colors), 3))
-        colors += extra.tolist()
-    return np.asarray(colors, dtype=np.float32).reshape(-1, 3) / 255.0
-
-
-def label_colors(labels: np.ndarray, palette: np.ndarray, ignore_label: int) -> np.ndarray:
-    """``(N, 3)`` float32 colours of integer ``labels``: ``palette[label]``, and
-    :data:`IGNORED_POINT_COLOR` for ``ignore_label`` and labels without a colour."""
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    out = np.empty((labels.shape[0], 3), dtype=np.float32)
-    out[:] = IGNORED_POINT_COLOR
-    known = (labels != ignore_label) & (labels >= 0) & (labels < len(palette))
-    out[known] = palette[labels[known]]
-    return out
-
-
-def labels_at_pixels(label_map: np.ndarray, pixels: np.ndarray) -> np.ndarray:
-    """``label_map[round(v), round(u)]`` for each ``(u, v)`` row of ``pixels`` (continuous
-    pixel coordinates, integers at pixel centres), clamped to the map."""
-    h, w = label_map.shape
-    uv = np.rint(np.asarray(pixels, dtype=np.float64).reshape(-1, 2)).astype(np.int64)
-    u = np.clip(uv[:, 0], 0, w - 1)
-    v = np.clip(uv[:, 1], 0, h - 1)
-    return label_map[v, u]
 
 
 class PointCloudDumpHook(HookBase):
@@ -208,7 +175,8 @@ class PointCloudDumpHook(HookBase):
             )
         meta = MetadataCatalog.get(name)
         self._ignore_label = int(meta.get("ignore_label", self._ignore_label))
-        self._palette = _class_palette(meta, self.cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+        # colours (0..255) of every class the model predicts, padded where metadata lacks some
+        self._palette = class_palette(meta, self.cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
         self._sample, self._gt = sample, gt
         logger.info(
             "PointCloudDumpHook: dumping the point cloud of %s every %d iterations to %s",
@@ -276,7 +244,7 @@ class PointCloudDumpHook(HookBase):
         files = {}
         for kind in KINDS:
             files[kind] = f"{stem}_{kind}.ply"
-            colors = label_colors(labels[kind], self._palette, self._ignore_label)
+            colors = label_point_colors(labels[kind], self._palette, self._ignore_label)
             save_point_cloud_ply(files[kind], points, colors)
         n = int(len(points))
         agreement = float((labels_2d == labels_3d).mean()) if n else None
