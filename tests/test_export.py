@@ -97,6 +97,13 @@ def small_cfg(*overrides):
         96,
         "INPUT.MAX_SIZE_TEST",
         160,
+        # the anchors the score threshold above was chosen with (the synthetic config's own
+        # small-object anchors give this random model other detections); the instance
+        # adapter stays on, so that it is exported too
+        "MODEL.ANCHOR_GENERATOR.SIZES",
+        [[16], [32], [64], [128], [256]],
+        "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS",
+        [[0.5, 1.0, 2.0]],
         *overrides,
     )
 
@@ -302,7 +309,9 @@ def test_depth_head_without_camera_input(tmp_path):
     assert net.output_names == ["depth", "sem_seg"]
     image = net_input(72, 100, 1)
     diffs, out = compare_with_eager(model, net, image, K_of(72, 100))  # K is ignored
-    assert diffs == {"depth": 0.0, "sem_seg": 0.0}
+    # eager inference evaluates the DeepLab decoder factorised (same logits up to float
+    # rounding); the traced graph runs the plain convolutions
+    assert set(diffs) == {"depth", "sem_seg"} and max(diffs.values()) <= 1e-5, diffs
     r = postprocess_exported(out, net.info, 144, 200)
     assert set(r) == {"sem_seg", "depth"} and r["depth"].shape == (144, 200)
     with pytest.raises(ValueError, match="needs the depth output and the intrinsics"):

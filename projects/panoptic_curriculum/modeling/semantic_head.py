@@ -123,7 +123,8 @@ class DeepLabV3PlusAnySizeHead(DeepLabV3PlusHead):
     ``[projected skip, upsampled coarser output]`` is split into its two channel groups and
     the upsampled group is evaluated by :func:`conv3x3_of_upsampled`: the same logits up to
     float rounding, about 40% fewer multiply-adds in the synthetic config's head. Training
-    runs the parent's code unchanged, and so does the depthwise-separable decoder
+    runs the parent's code unchanged, and so do tracing (export, whose graph must hold for
+    every input size) and the depthwise-separable decoder
     (``MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV``).
     """
 
@@ -164,7 +165,13 @@ class DeepLabV3PlusAnySizeHead(DeepLabV3PlusHead):
         )
 
     def layers(self, features):
-        if torch.is_grad_enabled() or self.use_depthwise_separable_conv:
+        # the factorised convolution reads sizes as Python numbers: under tracing (export) the
+        # parent's code keeps the traced graph valid for every input size
+        if (
+            torch.is_grad_enabled()
+            or self.use_depthwise_separable_conv
+            or torch.jit.is_tracing()
+        ):
             return super().layers(features)
         y = None
         for f in self.in_features[::-1]:  # coarse to fine, as the parent
