@@ -86,7 +86,12 @@ def test_freeze_modules_outside_the_curriculum():
 @pytest.fixture(scope="module")
 def curriculum_run(small_split, tmp_path_factory):
     out = tmp_path_factory.mktemp("curriculum")
-    cfg = _cfg(small_split, out, "CURRICULUM.STAGES", ["semantic", "instance", "merge", "joint"])
+    cfg = _cfg(
+        small_split,
+        out,
+        *["CURRICULUM.STAGES", ["semantic", "instance", "merge", "joint"]],
+        *["MODEL.INSTANCE_ADAPTER.NAME", "ResidualConvAdapter"],  # merged exactly too
+    )
     results = run_curriculum(cfg)
     return cfg, out, results
 

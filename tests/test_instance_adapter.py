@@ -40,8 +40,7 @@ def test_adapter_starts_as_identity_and_covers_every_instance_level():
 def test_adapter_off_by_name_and_absent_without_instance_decoder():
     off = tiny_cfg("configs/synthetic/curriculum_R18_FPN.yaml", "MODEL.INSTANCE_ADAPTER.NAME", "none")
     assert PanopticCurriculumTrainer.build_model(off).instance_adapter is None
-    # the synthetic config turns it on; detectron2's Base config leaves it off
-    assert PanopticCurriculumTrainer.build_model(tiny_cfg()).instance_adapter is not None
+    assert PanopticCurriculumTrainer.build_model(tiny_cfg()).instance_adapter is None
     model = PanopticCurriculumTrainer.build_model(
         _cfg("MODEL.PANOPTIC_CURRICULUM.INSTANCE_ON", False)
     )
