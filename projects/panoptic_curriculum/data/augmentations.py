@@ -23,6 +23,8 @@ from fvcore.transforms.transform import CropTransform, PadTransform, Transform, 
 from detectron2.data import transforms as T
 from detectron2.data.transforms import ResizeTransform
 
+from .transforms import PixelValueTransform
+
 __all__ = [
     "PhotometricTransform",
     "RandomPhotometric",
@@ -34,7 +36,7 @@ __all__ = [
 _LUMA_RGB = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-class PhotometricTransform(Transform):
+class PhotometricTransform(PixelValueTransform):
     """Deterministic colour changes of an ``(H, W, 3)`` uint8 image (channel order
     ``image_format``), applied in this order: per-channel gains (white balance) times a
     brightness factor, contrast about the mean luma, saturation about each pixel's luma, hue
@@ -79,21 +81,6 @@ class PhotometricTransform(Transform):
             rgb = rgb + rng.normal(0.0, self.noise_std, size=rgb.shape).astype(np.float32)
         out = rgb[..., ::-1] if self.image_format == "BGR" else rgb
         return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-
-    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
-        return coords
-
-    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
-        return segmentation
-
-    def apply_intrinsics(self, K: np.ndarray) -> np.ndarray:
-        return K
-
-    def apply_depth(self, depth: np.ndarray) -> np.ndarray:
-        return depth
-
-    def inverse(self) -> Transform:
-        raise NotImplementedError("a photometric jitter cannot be inverted")
 
 
 def _hue_rotation(deg: float) -> np.ndarray:

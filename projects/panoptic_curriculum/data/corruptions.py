@@ -24,6 +24,7 @@ from fvcore.transforms.transform import Transform
 from detectron2.data import transforms as T
 
 from ..compat import import_imagecorruptions
+from .transforms import PixelValueTransform
 
 __all__ = [
     "CORRUPTION_GROUPS",
@@ -168,7 +169,7 @@ def corrupt_image(
     return np.ascontiguousarray(out[:, :, ::-1] if image_format == "BGR" else out)
 
 
-class ImageCorruptionTransform(Transform):
+class ImageCorruptionTransform(PixelValueTransform):
     """Corrupts the image; segmentation, coordinates, depth and intrinsics are unchanged."""
 
     def __init__(self, name: str, severity: int, seed: int = 0, image_format: str = "RGB"):
@@ -180,21 +181,6 @@ class ImageCorruptionTransform(Transform):
         return corrupt_image(
             img, self.name, self.severity, seed=self.seed, image_format=self.image_format
         )
-
-    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
-        return coords
-
-    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
-        return segmentation
-
-    def apply_intrinsics(self, K: np.ndarray) -> np.ndarray:
-        return K
-
-    def apply_depth(self, depth: np.ndarray) -> np.ndarray:
-        return depth
-
-    def inverse(self) -> Transform:
-        raise NotImplementedError("an image corruption cannot be inverted")
 
 
 class ImageCorruption(T.Augmentation):

@@ -34,7 +34,12 @@ from detectron2.data.transforms import ColorTransform, PILColorTransform, Resize
 
 from ..geometry import crop_intrinsics, hflip_intrinsics, resize_intrinsics
 
-__all__ = ["transform_intrinsics", "transform_depth", "resize_depth_nearest"]
+__all__ = [
+    "PixelValueTransform",
+    "transform_intrinsics",
+    "transform_depth",
+    "resize_depth_nearest",
+]
 
 
 def _k(fn):
@@ -91,6 +96,27 @@ PadTransform.register_type(
 for _cls in (NoOpTransform, BlendTransform, ColorTransform, PILColorTransform):
     _cls.register_type("intrinsics", _identity)
     _cls.register_type("depth", _identity)
+
+
+class PixelValueTransform(Transform):
+    """Base of the plugin's transforms that change pixel values only (colour jitter, image
+    corruptions): coordinates, segmentation, depth and intrinsics pass through unchanged.
+    Subclasses implement ``apply_image``; such a change has no inverse."""
+
+    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
+        return coords
+
+    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
+        return segmentation
+
+    def apply_intrinsics(self, K):
+        return K
+
+    def apply_depth(self, depth: np.ndarray) -> np.ndarray:
+        return depth
+
+    def inverse(self) -> Transform:
+        raise NotImplementedError(f"{type(self).__name__} changes pixel values: no inverse")
 
 
 def _apply(transforms, data, kind: str):
