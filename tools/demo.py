@@ -48,7 +48,7 @@ import tqdm
 from panoptic_curriculum import load_config
 from panoptic_curriculum.data.depth_io import read_image
 from panoptic_curriculum.engine.predictor import (
-    DEFAULT_FOV_DEG,
+    add_camera_arguments,
     RGBDPredictor,
     intrinsics_from_fov,
     load_intrinsics_json,
@@ -77,20 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     source.add_argument("--input-dir", metavar="DIR", help="every image file in DIR")
     parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
-    parser.add_argument(
-        "--intrinsics",
-        metavar="K.json",
-        default=None,
-        help="camera intrinsics of the original images (JSON: 'K' 3x3, or fx/fy/cx/cy, or a "
-        "Cityscapes camera file)",
-    )
-    parser.add_argument(
-        "--fov",
-        type=float,
-        default=DEFAULT_FOV_DEG,
-        metavar="DEG",
-        help="horizontal field of view assumed without --intrinsics (default %(default)s)",
-    )
+    add_camera_arguments(parser)
     parser.add_argument(
         "--confidence-threshold",
         type=float,

@@ -30,7 +30,7 @@ import sys
 from panoptic_curriculum import load_config
 from panoptic_curriculum.data.depth_io import read_image
 from panoptic_curriculum.engine.predictor import (
-    DEFAULT_FOV_DEG,
+    add_camera_arguments,
     RGBDPredictor,
     intrinsics_from_fov,
     load_intrinsics_json,
@@ -64,20 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="image to trace on (default: a rendered synthetic scene)",
     )
-    parser.add_argument(
-        "--intrinsics",
-        metavar="K.json",
-        default=None,
-        help="intrinsics of --sample-image (JSON: 'K' 3x3, fx/fy/cx/cy, or a Cityscapes "
-        "camera file)",
-    )
-    parser.add_argument(
-        "--fov",
-        type=float,
-        default=DEFAULT_FOV_DEG,
-        metavar="DEG",
-        help="horizontal field of view assumed for --sample-image without --intrinsics",
-    )
+    add_camera_arguments(parser, "--sample-image")
     parser.add_argument("--opset", type=int, default=ONNX_OPSET, help="ONNX opset (>= 16)")
     parser.add_argument(
         "--verify",

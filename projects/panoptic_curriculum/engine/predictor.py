@@ -25,6 +25,7 @@ from ..geometry import check_intrinsics
 from .checkpoint import AtomicCheckpointer
 
 __all__ = [
+    "add_camera_arguments",
     "RGBDPredictor",
     "image_inputs",
     "intrinsics_from_fov",
@@ -50,6 +51,27 @@ def intrinsics_from_fov(height: int, width: int, fov_deg: float = DEFAULT_FOV_DE
     return np.array(
         [[f, 0.0, (width - 1) / 2.0], [0.0, f, (height - 1) / 2.0], [0.0, 0.0, 1.0]],
         dtype=np.float64,
+    )
+
+
+def add_camera_arguments(parser, images: str = "the original images") -> None:
+    """``--intrinsics K.json`` and ``--fov DEG``: the camera of ``images``, for the tools
+    that read images without a dataset (demo, export); see :func:`load_intrinsics_json` and
+    :func:`intrinsics_from_fov`."""
+    parser.add_argument(
+        "--intrinsics",
+        metavar="K.json",
+        default=None,
+        help=f"camera intrinsics of {images} (JSON: 'K' 3x3, or fx/fy/cx/cy, or a "
+        "Cityscapes camera file)",
+    )
+    parser.add_argument(
+        "--fov",
+        type=float,
+        default=DEFAULT_FOV_DEG,
+        metavar="DEG",
+        help=f"horizontal field of view assumed for {images} without --intrinsics "
+        "(default %(default)s)",
     )
 
 
