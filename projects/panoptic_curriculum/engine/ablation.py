@@ -310,20 +310,30 @@ def run_ablation(
     logger.info(
         "[ablation] budget %.0f s per run; iterations %s", plan["seconds"], plan["iterations"]
     )
-    results: Dict[str, Dict[int, Dict]] = {}
-    for name in names:
-        results[name] = {}
-        for seed in seeds:
+    results: Dict[str, Dict[int, Dict]] = {name: {} for name in names}
+    # seed by seed (every variant of one seed, then the next seed): a run that is stopped
+    # early leaves every variant with the same number of seeds, and the table on disk is
+    # rewritten after each run
+    for seed in seeds:
+        for name in names:
             out_dir = os.path.join(output, f"{name}_seed{seed}")
             results[name][seed] = run_variant(
                 cfg, name, seed, out_dir, plan["iterations"][name]
             )
+            content = _write_results(output, plan, names, seeds, results, per_class)
+    return content
+
+
+def _write_results(output, plan, names, seeds, results, per_class) -> Dict:
+    done = sorted({s for per_seed in results.values() for s in per_seed})
     budget = (
         f"budget: {plan['seconds']:.0f} s of training per run on this machine (the "
         f"curriculum's stages {plan['iterations'].get('curriculum', '')}; the other variants' "
         f"iterations from their measured step times: "
         + ", ".join(f"{n} {plan['iterations'][n]}" for n in names)
-        + f"), seeds {list(seeds)}; mean ± std over seeds"
+        + f"), seeds {done}"
+        + ("" if done == sorted(seeds) else f" of {list(seeds)} (unfinished)")
+        + "; mean ± std over seeds"
     )
     table = results_table(results, per_class) + "\n\n" + budget + "\n"
     atomic_write_text(os.path.join(output, "ablation.md"), table)
