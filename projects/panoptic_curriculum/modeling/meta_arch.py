@@ -188,6 +188,9 @@ class PanopticCurriculumModel(nn.Module):
         self.use_image_features = use_image_features
         self.image_feature_name = image_feature_name
         self.point_inference = point_inference
+        # set to a list by ``evaluation.point_branch.record_point_branch``: each training
+        # forward then appends its point-branch tensors (detached) for diagnostics
+        self.point_branch_record: Optional[List[Dict[str, torch.Tensor]]] = None
         self.no_surface_classes = list(no_surface_classes)
         self.thing_to_sem = list(thing_to_sem)
         self.panoptic_overlap_threshold = panoptic_overlap_threshold
@@ -340,7 +343,7 @@ class PanopticCurriculumModel(nn.Module):
             )
             point_feats = point_feats[..., 0].transpose(1, 2)
         logits_3d = self.point_head(xyz, point_valid, point_feats)
-        return {
+        out = {
             "pixel_idx": pixel_idx,
             "point_valid": point_valid,
             "xyz": xyz,
@@ -348,6 +351,9 @@ class PanopticCurriculumModel(nn.Module):
             "logits_3d": logits_3d,
             "logits_2d": logits_2d,
         }
+        if point_feats is not None:
+            out["point_feats"] = point_feats
+        return out
 
     def probe_inputs(self, height: int = 64, width: int = 96, batch_size: int = 2):
         """A small synthetic training batch that runs every branch that is built: each image
@@ -447,6 +453,15 @@ class PanopticCurriculumModel(nn.Module):
             losses["loss_consistency"] = self.consistency_weight * consistency_loss(
                 out["logits_2d"], out["logits_3d"], out["point_valid"], self.consistency_kind
             )
+            if self.point_branch_record is not None:
+                self.point_branch_record.append(
+                    {
+                        "labels": labels,
+                        "gt_depth": torch.gather(gt_depth.flatten(1), 1, out["pixel_idx"]),
+                        "K": K.detach(),
+                        **{k: v.detach() for k, v in out.items()},
+                    }
+                )
             get_event_storage().put_scalar(
                 "point_branch/valid_fraction",
                 out["point_valid"].float().mean(),
