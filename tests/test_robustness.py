@@ -303,3 +303,34 @@ def test_robustness_tool_without_depth_and_bad_arguments(small_split, checkpoint
     assert robustness_tool.main(bad + ["--severities", "0"]) == 2
     assert robustness_tool.main(["--weights", str(tmp_path / "missing.pth")]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_robustness_tool_models_built_differently(small_split, checkpoint, tmp_path):
+    """--model-configs: a checkpoint without the point branch is loaded (strictly) with its
+    own config next to one with it; both are evaluated, each under its label."""
+    torch.manual_seed(1)
+    no_point = str(tmp_path / "no_point.pth")
+    cfg = tiny_cfg("configs/synthetic/curriculum_R18_FPN.yaml", "MODEL.POINT_HEAD.ENABLED", False)
+    torch.save({"model": build_model(cfg).state_dict()}, no_point)
+    with_point_cfg = os.path.join(REPO, "configs/synthetic/curriculum_R18_FPN.yaml")
+    no_point_cfg = os.path.join(REPO, "configs/synthetic/curriculum_R18_FPN_no_point.yaml")
+    out = tmp_path / "rob"
+    argv = [
+        "--config-file", with_point_cfg,
+        "--weights", checkpoint, no_point,
+        "--model-configs", with_point_cfg, no_point_cfg,
+        "--labels", "point", "no_point",
+        "--corruptions", "none",
+        "--max-images", "2",
+        "--output", str(out),
+        *_opts(small_split),
+    ]  # fmt: skip
+    assert robustness_tool.main(argv) == 0
+    report = json.loads((out / "robustness.json").read_text())
+    assert set(report["runs"]) == {"point", "no_point"}
+    assert report["runs"]["point"][0]["clean"] != report["runs"]["no_point"][0]["clean"]
+    # without --model-configs the point-less checkpoint does not fit the model: refused
+    with pytest.raises(Exception, match="point_head"):
+        robustness_tool.main(argv[:5] + argv[8:])
+    one_config = argv[:5] + ["--model-configs", with_point_cfg] + argv[8:]
+    assert robustness_tool.main(one_config) == 2

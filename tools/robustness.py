@@ -8,6 +8,10 @@ corruptions) and rPC = mPC / clean; several models under one label (seeds) as me
     python tools/robustness.py --config-file configs/synthetic/curriculum_R18_FPN.yaml \\
         --weights a/merge/model_merged.pth b/merge/model_merged.pth --labels point no_point \\
         --output output/robustness
+    # models built differently (with / without the point branch), one config each:
+    python tools/robustness.py --weights a/joint/model_final.pth b/joint/model_final.pth \
+        --model-configs configs/synthetic/curriculum_R18_FPN.yaml \
+        configs/synthetic/curriculum_R18_FPN_no_point.yaml --labels point no_point
     # a subset, or clean-only evaluation of a shifted dataset:
     python tools/robustness.py ... --corruptions noise fog --severities 1 3 5 --max-images 20
     python tools/robustness.py ... --dataset synthetic_scenes_shifted_camera --corruptions none
@@ -43,6 +47,14 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-file", default="configs/synthetic/curriculum_R18_FPN.yaml")
     parser.add_argument("--weights", nargs="+", required=True, help="model checkpoints")
+    parser.add_argument(
+        "--model-configs",
+        nargs="+",
+        default=None,
+        help="one config file per checkpoint, for models built differently (e.g. with and "
+        "without the point branch); default: --config-file for every checkpoint. The "
+        "dataset and evaluation settings come from --config-file",
+    )
     parser.add_argument(
         "--labels",
         nargs="+",
@@ -84,12 +96,25 @@ def main(argv=None) -> int:
     if missing:
         logger.error("checkpoint(s) not found: %s", missing)
         return 2
+    model_configs = args.model_configs or [args.config_file] * len(args.weights)
+    if len(model_configs) != len(args.weights):
+        logger.error(
+            "--model-configs needs one config per checkpoint (%d given for %d checkpoints)",
+            len(model_configs),
+            len(args.weights),
+        )
+        return 2
+    missing = [c for c in model_configs if not os.path.isfile(c)]
+    if missing:
+        logger.error("config file(s) not found: %s", missing)
+        return 2
     cfg = load_config(args.config_file, args.opts)
     dataset = args.dataset or cfg.DATASETS.TEST[0]
     runs = OrderedDict()
     condition_set = f"{dataset}_first{args.max_images or 'all'}_seed{args.seed}"
-    for k, (label, weights) in enumerate(zip(labels, args.weights)):
-        model = PanopticCurriculumTrainer.build_model(cfg)
+    for k, (label, weights, model_config) in enumerate(zip(labels, args.weights, model_configs)):
+        model_cfg = cfg if model_config == args.config_file else load_config(model_config, args.opts)
+        model = PanopticCurriculumTrainer.build_model(model_cfg)
         AtomicCheckpointer(model).load(weights, checkpointables=[])
         model.eval()
         tag = f"{k:02d}-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
