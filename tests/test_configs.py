@@ -32,6 +32,8 @@ def test_configs_exist():
         "coco/curriculum_R50_FPN.yaml",
         "nyud/curriculum_R50_FPN.yaml",
         "synthetic/curriculum_R18_FPN_disjoint_labels.yaml",
+        "synthetic/curriculum_R18_FPN_no_point.yaml",
+        "synthetic/joint_R18_FPN.yaml",
     } <= names
 
 

@@ -63,6 +63,31 @@ def test_stage_configs(tmp_path):
         stage_config(cfg, "pretrain")
 
 
+def test_joint_alone_trains_jointly_from_the_config_weights(small_split, tmp_path):
+    """CURRICULUM.STAGES ["joint"]: no curriculum, the whole model from MODEL.WEIGHTS (here
+    random) at the full learning rate, evaluated on every task; 'joint' after 'semantic'
+    without 'merge' is refused by the config check, naming the key."""
+    cfg = _cfg(small_split, tmp_path / "joint_only", "CURRICULUM.STAGES", ["joint"])
+    joint = stage_config(cfg, "joint")
+    assert joint.MODEL.WEIGHTS == cfg.MODEL.WEIGHTS == ""
+    assert joint.SOLVER.BASE_LR == cfg.SOLVER.BASE_LR
+    assert joint.SOLVER.MAX_ITER == cfg.CURRICULUM.JOINT_ITER
+    results = run_curriculum(cfg)
+    assert list(results) == ["joint"]
+    assert {"sem_seg", "segm", "panoptic_seg", "depth"} <= set(results["joint"])
+    state = load_model_state(str(tmp_path / "joint_only" / "joint" / "model_final.pth"))
+    assert any(k.startswith("roi_heads.") for k in state)
+    assert any(k.startswith("point_head.") for k in state)
+    assert not (tmp_path / "joint_only" / "merge").exists()
+    with pytest.raises(ValueError, match="CURRICULUM.STAGES"):
+        load_config(
+            "configs/synthetic/curriculum_R18_FPN.yaml",
+            ["CURRICULUM.STAGES", "['semantic', 'joint']"],
+        )
+    shipped = load_config("configs/synthetic/joint_R18_FPN.yaml")
+    assert list(shipped.CURRICULUM.STAGES) == ["joint"]
+
+
 def test_freeze_modules_outside_the_curriculum():
     model = nn.Sequential()
     model.add_module("encoder", nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))

@@ -174,7 +174,8 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
 
     # ---------------------------------------------------------------- curriculum
     cfg.CURRICULUM = CN()
-    # Stages to run, in order: "semantic", "instance", "merge", "joint".
+    # Stages to run, in order: "semantic", "instance", "merge", "joint". ["joint"] alone
+    # trains the whole multi-task model jointly from MODEL.WEIGHTS (no curriculum).
     cfg.CURRICULUM.STAGES = ["semantic", "instance", "merge"]
     # Solver iterations of each training stage (the merge stage does not train).
     cfg.CURRICULUM.SEMANTIC_ITER = 2000
@@ -187,7 +188,8 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     # instance dataset without semantic labels or depth. (The joint stage needs every label
     # and trains on DATASETS.TRAIN.)
     cfg.CURRICULUM.INSTANCE_DATASETS = ()
-    # Base learning rate of the joint fine-tuning stage, as a factor of SOLVER.BASE_LR.
+    # Base learning rate of the joint fine-tuning stage (after merge), as a factor of
+    # SOLVER.BASE_LR; joint training without a merge stage uses SOLVER.BASE_LR.
     cfg.CURRICULUM.JOINT_LR_FACTOR = 0.1
     # Write the point cloud of one training sample every N iterations (0: never).
     cfg.CURRICULUM.POINT_CLOUD_DUMP_PERIOD = 0

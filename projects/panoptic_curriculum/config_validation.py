@@ -248,8 +248,13 @@ def _check_curriculum(c: _Checker) -> None:
         lambda v: isinstance(v, (list, tuple))
         and len(v) > 0
         and all(s in STAGES for s in v)
-        and len(set(v)) == len(v),
-        f"a non-empty list of distinct stages from {names}",
+        and len(set(v)) == len(v)
+        # the joint stage fine-tunes the merged model, or (alone) trains from MODEL.WEIGHTS:
+        # after the semantic / instance stages it needs the merge between them
+        and not ("joint" in v and "merge" not in v and ({"semantic", "instance"} & set(v))),
+        f"a non-empty list of distinct stages from {names}; 'joint' after 'semantic' or "
+        "'instance' needs 'merge' (['joint'] alone trains the whole model jointly from "
+        "MODEL.WEIGHTS)",
     )
     for key in ("SEMANTIC_ITER", "INSTANCE_ITER", "JOINT_ITER"):
         c.int_at_least("CURRICULUM." + key, 1, "solver iterations of the stage")

@@ -9,7 +9,11 @@ Stages (``CURRICULUM.STAGES``, in this order):
   trains; the semantic, depth and point heads are not built (not run).
 * ``merge``: encoder, semantic decoder (+ depth, point heads) and instance decoder combined
   into one multi-task checkpoint, then evaluated.
-* ``joint`` (optional, claim 19): everything fine-tuned from the merged checkpoint.
+* ``joint`` (optional, claim 19): everything fine-tuned from the merged checkpoint, at
+  ``CURRICULUM.JOINT_LR_FACTOR`` times the learning rate. When ``CURRICULUM.STAGES`` has no
+  ``merge`` stage (``["joint"]``), the joint stage is plain multi-task training of the whole
+  model from ``MODEL.WEIGHTS`` (random initialisation when empty) at the full learning rate:
+  the baseline the curriculum is measured against (``configs/synthetic/joint_R18_FPN.yaml``).
 
 Each stage works in ``OUTPUT_DIR/<stage>``: it first writes ``config.yaml``, the config it
 trains with (the run record, :mod:`.run_record`), and when done ``stage_complete.json``
@@ -71,6 +75,12 @@ def _final_checkpoint(root: str, stage: str) -> str:
     return os.path.join(root, stage, "model_final.pth")
 
 
+def _joint_fine_tunes_merge(cfg: CfgNode) -> bool:
+    """The joint stage fine-tunes the merged model when the curriculum has a merge stage;
+    without one it trains the whole model jointly from ``MODEL.WEIGHTS``."""
+    return "merge" in cfg.CURRICULUM.STAGES
+
+
 def stage_config(cfg: CfgNode, stage: str, root: Optional[str] = None) -> CfgNode:
     """The config one stage trains / evaluates with, derived from the curriculum config."""
     if stage not in STAGES:
@@ -97,9 +107,11 @@ def stage_config(cfg: CfgNode, stage: str, root: Optional[str] = None) -> CfgNod
         c.MODEL.WEIGHTS = _final_checkpoint(root, "merge")
         c.SOLVER.MAX_ITER = 0
     else:  # joint
-        c.MODEL.WEIGHTS = _final_checkpoint(root, "merge")
+        if _joint_fine_tunes_merge(cfg):
+            c.MODEL.WEIGHTS = _final_checkpoint(root, "merge")
+            c.SOLVER.BASE_LR = cfg.SOLVER.BASE_LR * cfg.CURRICULUM.JOINT_LR_FACTOR
+        # else: the whole model trained jointly from the config's MODEL.WEIGHTS, full LR
         c.SOLVER.MAX_ITER = cfg.CURRICULUM.JOINT_ITER
-        c.SOLVER.BASE_LR = cfg.SOLVER.BASE_LR * cfg.CURRICULUM.JOINT_LR_FACTOR
     if c.SOLVER.MAX_ITER > 0:
         c.SOLVER.WARMUP_ITERS = min(c.SOLVER.WARMUP_ITERS, c.SOLVER.MAX_ITER // 4)
         c.SOLVER.CHECKPOINT_PERIOD = min(c.SOLVER.CHECKPOINT_PERIOD, c.SOLVER.MAX_ITER)
@@ -276,7 +288,10 @@ def _run_stage(cfg: CfgNode, stage: str, root: str, trainer_cls, changed: bool =
         if comm.is_main_process():
             _write_results_events(c, results)
         return results
-    if c.MODEL.WEIGHTS and not os.path.isfile(c.MODEL.WEIGHTS) and stage != "semantic":
+    from_config_weights = stage == "semantic" or (
+        stage == "joint" and not _joint_fine_tunes_merge(cfg)
+    )  # their MODEL.WEIGHTS may be a URL or pretrained encoder weights, as in detectron2
+    if c.MODEL.WEIGHTS and not os.path.isfile(c.MODEL.WEIGHTS) and not from_config_weights:
         raise FileNotFoundError(
             f"the '{stage}' stage starts from {c.MODEL.WEIGHTS}, which does not exist; run the "
             "earlier stages first"
