@@ -163,6 +163,18 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     cfg.MODEL.POINT_HEAD.CONSISTENCY_LOSS = "js"
     # Weight of L_consist.
     cfg.MODEL.POINT_HEAD.CONSISTENCY_WEIGHT = 1.0
+    # Which side L_consist teaches: "both" (neither side detached), "to_3d" (the 2D logits
+    # are detached: the 2D head teaches the point head) or "to_2d" (the 3D logits are
+    # detached: the point head teaches the 2D head).
+    cfg.MODEL.POINT_HEAD.CONSISTENCY_DIRECTION = "both"
+    # Which pixels the branch samples in training: "uniform" (every valid pixel alike) or
+    # "class_balanced" (each class present in the image gets the same expected share of
+    # the points, so small objects are not a few dozen points among thousands).
+    # Inference always samples uniformly.
+    cfg.MODEL.POINT_HEAD.SAMPLING = "uniform"
+    # Lift a detached copy of the predicted depth: L_3D-seg and L_consist then do not train
+    # the depth head (only L_depth does).
+    cfg.MODEL.POINT_HEAD.DETACH_DEPTH = False
     # Return the labelled point cloud at inference ("point_cloud" in each output dict).
     cfg.MODEL.POINT_HEAD.INFERENCE_ON = False
     # Semantic class ids without a surface (e.g. sky): at inference, pixels predicted as

@@ -191,6 +191,7 @@ def _check_depth_head(c: _Checker) -> None:
 
 
 def _check_point_head(c: _Checker) -> None:
+    from .modeling.meta_arch import CONSISTENCY_DIRECTIONS, POINT_SAMPLING
     from .modeling.point_head.losses import CONSISTENCY_KINDS
     from .modeling.point_head.pointnet2 import _NORMS
 
@@ -227,6 +228,9 @@ def _check_point_head(c: _Checker) -> None:
     c.one_of(ph + "CONSISTENCY_LOSS", CONSISTENCY_KINDS, "2D-3D consistency loss")
     c.number(ph + "LOSS_WEIGHT", 0.0, "weight of loss_sem_seg_3d")
     c.number(ph + "CONSISTENCY_WEIGHT", 0.0, "weight of loss_consistency")
+    c.one_of(ph + "CONSISTENCY_DIRECTION", CONSISTENCY_DIRECTIONS, "side L_consist trains")
+    c.one_of(ph + "SAMPLING", POINT_SAMPLING, "pixels the point branch samples in training")
+    c.boolean(ph + "DETACH_DEPTH")
     c.boolean(ph + "USE_IMAGE_FEATURES")
     c.boolean(ph + "INFERENCE_ON")
     n = c.get("MODEL.SEM_SEG_HEAD.NUM_CLASSES")

@@ -25,10 +25,21 @@ from ..geometry import backproject_pixels
 from .depth_head import build_depth_head
 from .instance_adapter import build_instance_adapter
 from .loss_weighting import LOSS_WEIGHTING_MODES, UncertaintyLossWeighting
-from .point_head import build_point_head, consistency_loss, point_cross_entropy, sample_pixels
+from .point_head import (
+    build_point_head,
+    class_balanced_weights,
+    consistency_loss,
+    point_cross_entropy,
+    sample_pixels,
+)
 from .postprocessing import channel_argmax, postprocess_image
 
-__all__ = ["PanopticCurriculumModel"]
+__all__ = ["PanopticCurriculumModel", "CONSISTENCY_DIRECTIONS", "POINT_SAMPLING"]
+
+#: MODEL.POINT_HEAD.CONSISTENCY_DIRECTION: which side of L_consist receives its gradient
+CONSISTENCY_DIRECTIONS = ("both", "to_3d", "to_2d")
+#: MODEL.POINT_HEAD.SAMPLING: training-time pixel sampling of the point branch
+POINT_SAMPLING = ("uniform", "class_balanced")
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +131,9 @@ class PanopticCurriculumModel(nn.Module):
         point_loss_weight: float = 1.0,
         consistency_weight: float = 1.0,
         consistency_loss: str = "js",
+        consistency_direction: str = "both",
+        point_sampling: str = "uniform",
+        detach_depth: bool = False,
         num_points: int = 4096,
         use_image_features: bool = False,
         image_feature_name: Optional[str] = None,
@@ -147,6 +161,12 @@ class PanopticCurriculumModel(nn.Module):
             instance_loss_weight: weight of every Mask R-CNN loss.
             point_loss_weight, consistency_weight: weights of L_3D-seg and L_consist.
             consistency_loss: "js", "sym_kl" or "l2" (see ``point_head.consistency_loss``).
+            consistency_direction: "both", "to_3d" (2D logits detached in L_consist) or
+                "to_2d" (3D logits detached).
+            point_sampling: training-time pixel sampling, "uniform" or "class_balanced"
+                (:func:`point_head.class_balanced_weights`).
+            detach_depth: lift a detached depth, so that the point-branch losses do not
+                reach the depth head.
             num_points: points sampled per image for the point branch.
             use_image_features: feed the point network the encoder feature
                 ``image_feature_name`` sampled at each point's pixel.
@@ -184,6 +204,19 @@ class PanopticCurriculumModel(nn.Module):
         self.point_loss_weight = point_loss_weight
         self.consistency_weight = consistency_weight
         self.consistency_kind = consistency_loss
+        if consistency_direction not in CONSISTENCY_DIRECTIONS:
+            raise ValueError(
+                f"MODEL.POINT_HEAD.CONSISTENCY_DIRECTION must be one of "
+                f"{CONSISTENCY_DIRECTIONS}, got {consistency_direction!r}"
+            )
+        if point_sampling not in POINT_SAMPLING:
+            raise ValueError(
+                f"MODEL.POINT_HEAD.SAMPLING must be one of {POINT_SAMPLING}, got "
+                f"{point_sampling!r}"
+            )
+        self.consistency_direction = consistency_direction
+        self.point_sampling = point_sampling
+        self.detach_depth = detach_depth
         self.num_points = num_points
         self.use_image_features = use_image_features
         self.image_feature_name = image_feature_name
@@ -253,6 +286,9 @@ class PanopticCurriculumModel(nn.Module):
             "point_loss_weight": cfg.MODEL.POINT_HEAD.LOSS_WEIGHT,
             "consistency_weight": cfg.MODEL.POINT_HEAD.CONSISTENCY_WEIGHT,
             "consistency_loss": cfg.MODEL.POINT_HEAD.CONSISTENCY_LOSS,
+            "consistency_direction": cfg.MODEL.POINT_HEAD.CONSISTENCY_DIRECTION,
+            "point_sampling": cfg.MODEL.POINT_HEAD.SAMPLING,
+            "detach_depth": cfg.MODEL.POINT_HEAD.DETACH_DEPTH,
             "num_points": cfg.MODEL.POINT_HEAD.NUM_POINTS,
             "use_image_features": use_img,
             "image_feature_name": feat_name,
@@ -318,16 +354,17 @@ class PanopticCurriculumModel(nn.Module):
         cols = torch.arange(w, device=self.device)[None, None, :] < sizes[:, 1, None, None]
         return rows & cols
 
-    def _point_branch(self, features, sem_logits, depth, K, valid):
-        """Sample pixels where ``valid`` ([B,H,W]), lift them with the predicted ``depth``
-        ([B,H,W] metres) and ``K`` ([B,3,3]), and segment them.
+    def _point_branch(self, features, sem_logits, depth, K, valid, weights=None):
+        """Sample pixels where ``valid`` ([B,H,W]; with ``weights`` [B,H,W], weighted
+        sampling), lift them with the predicted ``depth`` ([B,H,W] metres) and ``K``
+        ([B,3,3]), and segment them.
 
         Returns:
             dict with ``pixel_idx`` [B,N] (flat), ``point_valid`` [B,N], ``xyz`` [B,N,3]
             metres, ``logits_3d`` and ``logits_2d`` [B,N,C].
         """
         b, h, w = depth.shape
-        pixel_idx, point_valid = sample_pixels(valid, self.num_points)
+        pixel_idx, point_valid = sample_pixels(valid, self.num_points, weights=weights)
         uv = torch.stack([pixel_idx % w, pixel_idx // w], dim=-1)
         d = torch.gather(depth.flatten(1), 1, pixel_idx)
         xyz = backproject_pixels(d, uv, K)
@@ -445,13 +482,22 @@ class PanopticCurriculumModel(nn.Module):
                 & (gt_depth > 0)
                 & (targets != self.sem_seg_head.ignore_value)
             )
-            out = self._point_branch(features, sem_logits, depth, K, valid)
+            weights = None
+            if self.point_sampling == "class_balanced":
+                weights = class_balanced_weights(targets, valid, sem_logits.shape[1])
+            lifted = depth.detach() if self.detach_depth else depth
+            out = self._point_branch(features, sem_logits, lifted, K, valid, weights)
             labels = torch.gather(targets.flatten(1), 1, out["pixel_idx"])
             losses["loss_sem_seg_3d"] = self.point_loss_weight * point_cross_entropy(
                 out["logits_3d"], labels, out["point_valid"], self.sem_seg_head.ignore_value
             )
+            logits_2d, logits_3d = out["logits_2d"], out["logits_3d"]
+            if self.consistency_direction == "to_3d":
+                logits_2d = logits_2d.detach()
+            elif self.consistency_direction == "to_2d":
+                logits_3d = logits_3d.detach()
             losses["loss_consistency"] = self.consistency_weight * consistency_loss(
-                out["logits_2d"], out["logits_3d"], out["point_valid"], self.consistency_kind
+                logits_2d, logits_3d, out["point_valid"], self.consistency_kind
             )
             if self.point_branch_record is not None:
                 self.point_branch_record.append(

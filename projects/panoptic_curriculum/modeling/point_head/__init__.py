@@ -8,6 +8,7 @@ from .ops import (
     first_occurrence,
     gather_points,
     knn_group,
+    class_balanced_weights,
     sample_pixels,
     three_nn_interpolate,
 )
@@ -39,4 +40,5 @@ __all__ = [
     "gather_points",
     "three_nn_interpolate",
     "sample_pixels",
+    "class_balanced_weights",
 ]

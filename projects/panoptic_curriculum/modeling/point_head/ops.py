@@ -17,6 +17,7 @@ Nothing here loops over points or pixels in Python. The single exception is
 per sampled centroid (each a handful of batched tensor ops, with no host synchronisation).
 """
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -29,6 +30,7 @@ __all__ = [
     "gather_points",
     "three_nn_interpolate",
     "sample_pixels",
+    "class_balanced_weights",
 ]
 
 
@@ -235,7 +237,10 @@ def three_nn_interpolate(
 
 @torch.no_grad()
 def sample_pixels(
-    valid: torch.Tensor, num_points: int, generator: Optional[torch.Generator] = None
+    valid: torch.Tensor,
+    num_points: int,
+    generator: Optional[torch.Generator] = None,
+    weights: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Uniformly sample ``num_points`` distinct valid pixels per image, without replacement.
 
@@ -247,6 +252,10 @@ def sample_pixels(
         valid: ``[B, H, W]`` bool, e.g. pixels with a valid depth.
         num_points: ``N`` points per image.
         generator: optional ``torch.Generator`` on ``valid``'s device, for reproducibility.
+        weights: optional ``[B, H, W]`` non-negative sampling weights: weighted sampling
+            without replacement (each valid pixel's key ``log(u) / w``, ``u`` uniform, the
+            ``N`` largest kept; Efraimidis and Spirakis 2006), so that a pixel's chance to be
+            drawn first is proportional to ``w``. Pixels of weight 0 count as invalid.
 
     Returns:
         pixel_idx: ``[B, N]`` long flat indices ``v * W + u`` into ``H * W``.
@@ -258,7 +267,18 @@ def sample_pixels(
     flat = valid.reshape(B, -1)
     HW = flat.shape[1]
     score = torch.rand(B, HW, generator=generator, device=valid.device)
-    score = torch.where(flat, score, score.new_full((), -1.0))
+    if weights is not None:
+        if weights.shape != valid.shape:
+            raise ValueError(
+                f"weights of shape {tuple(weights.shape)}, expected {tuple(valid.shape)}"
+            )
+        w = weights.reshape(B, -1).to(score.dtype)
+        flat = flat & (w > 0)
+        # keys in (-inf, 0]; invalid pixels get -inf (below every valid key)
+        score = torch.log(score.clamp(min=torch.finfo(score.dtype).tiny)) / w.clamp(min=1e-12)
+        score = torch.where(flat, score, score.new_full((), -math.inf))
+    else:
+        score = torch.where(flat, score, score.new_full((), -1.0))
     k = min(num_points, HW)
     pixel_idx = score.topk(k, dim=1, sorted=False).indices
     point_valid = flat.gather(1, pixel_idx)
@@ -267,3 +287,29 @@ def sample_pixels(
         pixel_idx = torch.cat([pixel_idx, pixel_idx.new_zeros(B, pad)], dim=1)
         point_valid = torch.cat([point_valid, point_valid.new_zeros(B, pad)], dim=1)
     return pixel_idx, point_valid
+
+
+def class_balanced_weights(
+    labels: torch.Tensor, valid: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    """Per-pixel sampling weights that give every class present in an image the same
+    expected share of the sampled points: ``1 / (number of valid pixels of the pixel's class
+    in its image)``, 0 where ``valid`` is False.
+
+    Args:
+        labels: ``[B, H, W]`` integer class ids in ``[0, num_classes)`` where ``valid``
+            (values at invalid pixels are not read).
+        valid: ``[B, H, W]`` bool.
+        num_classes: ``C``.
+
+    Returns:
+        ``[B, H, W]`` float32 weights (for :func:`sample_pixels`).
+    """
+    B = labels.shape[0]
+    flat = torch.where(valid, labels, labels.new_zeros(())).reshape(B, -1).long()
+    ok = valid.reshape(B, -1)
+    counts = torch.zeros(B, num_classes, device=labels.device)
+    counts.scatter_add_(1, flat, ok.to(counts.dtype))
+    per_pixel = counts.gather(1, flat)
+    w = torch.where(ok, 1.0 / per_pixel.clamp(min=1), per_pixel.new_zeros(()))
+    return w.view_as(labels).to(torch.float32)

@@ -1,0 +1,102 @@
+"""Options of the point branch suggested by its diagnostics: class-balanced pixel sampling,
+one-way consistency, and lifting a detached depth (MODEL.POINT_HEAD.SAMPLING,
+CONSISTENCY_DIRECTION, DETACH_DEPTH)."""
+
+import pytest
+import torch
+
+from detectron2.modeling import build_model
+
+from model_utils import NUM_CLASSES, fake_sample, tiny_cfg
+from panoptic_curriculum import load_config
+from panoptic_curriculum.evaluation.point_branch import point_branch_diagnostics
+from panoptic_curriculum.modeling.point_head import class_balanced_weights, sample_pixels
+
+CLASSES = [f"c{i}" for i in range(NUM_CLASSES)]
+
+
+def test_class_balanced_weights_give_each_present_class_the_same_mass():
+    labels = torch.tensor([[[0, 0, 0, 1], [0, 0, 2, 2]], [[3, 3, 3, 3], [3, 3, 3, 1]]])
+    valid = torch.ones_like(labels, dtype=torch.bool)
+    valid[0, 0, 0] = False
+    w = class_balanced_weights(labels, valid, num_classes=4)
+    assert w[0, 0, 0] == 0
+    for b in range(2):
+        for c in labels[b][valid[b]].unique().tolist():
+            mass = w[b][(labels[b] == c) & valid[b]].sum()
+            assert mass == pytest.approx(1.0)
+
+
+def test_weighted_sampling_follows_the_weights():
+    """Weight 0 is never drawn; a class with 1/20 of the pixels but the same total weight as
+    the rest gets about half of the points; no weights: the uniform draw, unchanged."""
+    g = torch.Generator().manual_seed(0)
+    H, W = 40, 50
+    labels = torch.zeros(1, H, W, dtype=torch.long)
+    labels[0, :, :4] = 1  # 4 columns of 50: 8 % of the pixels
+    valid = torch.ones(1, H, W, dtype=torch.bool)
+    valid[0, 0, :] = False  # the first row is invalid
+    weights = class_balanced_weights(labels, valid, 2)
+    idx, ok = sample_pixels(valid, 100, generator=g, weights=weights)
+    assert ok.all() and len(set(idx[0].tolist())) == 100
+    assert (idx // W > 0).all()
+    share_small = (labels.flatten()[idx[0]] == 1).float().mean()
+    assert 0.3 < float(share_small) < 0.6  # uniform: about 0.08
+    zero = weights.clone()
+    zero[labels == 1] = 0
+    idx0, _ = sample_pixels(valid, 100, generator=g, weights=zero)
+    assert (labels.flatten()[idx0[0]] == 0).all()
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a, _ = sample_pixels(valid, 50, generator=g1)
+    b, _ = sample_pixels(valid, 50, generator=g2)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="weights of shape"):
+        sample_pixels(valid, 5, weights=weights[0])
+
+
+def _grads(*overrides):
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("configs/synthetic/curriculum_R18_FPN.yaml", *overrides))
+    torch.manual_seed(1)
+    batch = [fake_sample(seed=0), fake_sample(seed=1, num_instances=1)]
+    return point_branch_diagnostics(model, [batch], CLASSES)
+
+
+def test_consistency_direction_and_detached_depth_route_the_gradients():
+    both = _grads()
+    assert both["gradients"]["loss_consistency"]["2D head"] > 0
+    assert both["gradients"]["loss_consistency"]["point head"] > 0
+    assert both["gradients"]["loss_sem_seg_3d"]["depth head"] > 0
+
+    to_3d = _grads("MODEL.POINT_HEAD.CONSISTENCY_DIRECTION", "to_3d")
+    assert to_3d["gradients"]["loss_consistency"]["2D head"] == 0
+    assert to_3d["gradients"]["loss_consistency"]["point head"] > 0
+
+    to_2d = _grads("MODEL.POINT_HEAD.CONSISTENCY_DIRECTION", "to_2d")
+    assert to_2d["gradients"]["loss_consistency"]["2D head"] > 0
+    assert to_2d["gradients"]["loss_consistency"]["point head"] == 0
+
+    detached = _grads("MODEL.POINT_HEAD.DETACH_DEPTH", True)
+    assert detached["gradients"]["loss_sem_seg_3d"]["depth head"] == 0
+    assert detached["gradients"]["loss_consistency"]["depth head"] == 0
+    assert detached["gradients"]["loss_depth"]["depth head"] > 0
+
+
+def test_class_balanced_sampling_puts_points_on_small_objects():
+    uniform = _grads()
+    balanced = _grads("MODEL.POINT_HEAD.SAMPLING", "class_balanced")
+    things = lambda r: sum(row["points_share"] for row in r["classes"][:4])  # noqa: E731
+    assert things(balanced) > 2 * things(uniform)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("MODEL.POINT_HEAD.CONSISTENCY_DIRECTION", "sideways"),
+        ("MODEL.POINT_HEAD.SAMPLING", "random"),
+        ("MODEL.POINT_HEAD.DETACH_DEPTH", "yes"),
+    ],
+)
+def test_bad_values_name_the_key(key, value):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        load_config("configs/synthetic/curriculum_R18_FPN.yaml", [key, value])
