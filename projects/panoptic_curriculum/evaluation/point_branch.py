@@ -173,6 +173,12 @@ def point_branch_diagnostics(
     was_training = model.training
     model.train()
     groups = parameter_groups(model)
+    all_params = [p for params in groups.values() for p in params]
+    spans, start = {}, 0  # each group's slice of the flattened gradient of all_params
+    for group, params in groups.items():
+        end = start + sum(p.numel() for p in params)
+        spans[group] = (start, end)
+        start = end
     acc = _Accumulator(len(class_names))
     grad_norms: Dict[str, Dict[str, List[float]]] = {}
     cosines: Dict[str, List[float]] = {}
@@ -190,8 +196,10 @@ def point_branch_diagnostics(
                 for name in gradient_losses:
                     if name not in losses or not losses[name].requires_grad:
                         continue
-                    for group, params in groups.items():
-                        g = _flat_grads(losses[name], params)
+                    # one backward pass per loss over every group's parameters, then split
+                    g_all = _flat_grads(losses[name], all_params)
+                    for group, (start, end) in spans.items():
+                        g = g_all[start:end]
                         flat[(name, group)] = g
                         grad_norms.setdefault(name, {}).setdefault(group, []).append(
                             float(g.norm())
