@@ -81,5 +81,25 @@ def test_ablation_runs_measures_and_resumes(small_split, tmp_path):
     assert again["results"]["semantic_only"][0]["sem_seg"]["mIoU"] == -1.0
     with pytest.raises(ValueError, match="unknown ablation variants"):
         run_ablation(cfg, ["nope"], [0], str(out))
+    # a variant added later gets the saved plan's budget: a curriculum variant the same
+    # stage iterations, any other as many iterations as its measured step fits
+    seconds = plan["seconds"]
+    names = ["semantic_only", "curriculum_no_point", "depth_only"]
+    more = run_ablation(cfg, names, [0], str(out))
+    extended = json.loads((out / "budget_plan.json").read_text())
+    assert extended["seconds"] == seconds
+    depth_step = extended["step_times"]["depth_only"]
+    assert extended["iterations"]["depth_only"] == max(1, round(seconds / depth_step))
+    assert "AbsRel" in more["results"]["depth_only"][0]["depth"]
+    assert extended["iterations"]["curriculum_no_point"] == {"semantic": 2}
+    assert extended["iterations"]["semantic_only"] == plan["iterations"]["semantic_only"]
+    assert more["results"]["semantic_only"][0]["sem_seg"]["mIoU"] == -1.0  # read back
+    assert "mIoU" in more["results"]["curriculum_no_point"][0]["sem_seg"]
+    # a config whose stages differ from the saved plan's is another budget: refused
+    cfg3 = cfg.clone()
+    cfg3.defrost()
+    cfg3.CURRICULUM.SEMANTIC_ITER = 3
+    with pytest.raises(ValueError, match="different budget"):
+        run_ablation(cfg3, ["curriculum_no_consist"], [0], str(out))
     with pytest.raises(ValueError, match="steps"):
         measure_step_time(cfg, steps=0)

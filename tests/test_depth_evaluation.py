@@ -167,9 +167,16 @@ def test_output_json_written_atomically(tmp_path):
 
 def _dist_worker(rank, init_file, dicts, preds, result_file):
     """One of two gloo processes: evaluate every other image, rank 0 pickles the result."""
+    import faulthandler
+
     import torch.distributed as dist
     from detectron2.utils import comm
 
+    from panoptic_curriculum.engine.launch import release_process_groups
+
+    # a native crash (e.g. SIGABRT in the communication library) leaves its stack here
+    trace = open(f"{result_file}.rank{rank}.trace", "w")
+    faulthandler.enable(file=trace)
     dist.init_process_group(
         backend="gloo",
         init_method=f"file://{init_file}",
@@ -192,7 +199,7 @@ def _dist_worker(rank, init_file, dicts, preds, result_file):
             assert res is None
         comm.synchronize()
     finally:
-        dist.destroy_process_group()
+        release_process_groups()
 
 
 def test_two_process_gather_matches_single_process(tmp_path):
@@ -212,12 +219,19 @@ def test_two_process_gather_matches_single_process(tmp_path):
     assert expected["depth_diagnostics"]["num_images_fx100-113.3"] == 2
 
     result_file = str(tmp_path / "rank0.pkl")
-    torch.multiprocessing.spawn(
-        _dist_worker,
-        args=(str(tmp_path / "dist_init"), dicts, preds, result_file),
-        nprocs=2,
-        join=True,
-    )
+    try:
+        torch.multiprocessing.spawn(
+            _dist_worker,
+            args=(str(tmp_path / "dist_init"), dicts, preds, result_file),
+            nprocs=2,
+            join=True,
+        )
+    except torch.multiprocessing.ProcessExitedException as e:
+        traces = {
+            r: open(f"{result_file}.rank{r}.trace").read() for r in range(2)
+            if os.path.isfile(f"{result_file}.rank{r}.trace")
+        }
+        raise AssertionError(f"{e}; native stack traces by rank: {traces}") from e
     with open(result_file, "rb") as f:
         got = pickle.load(f)
     assert got == expected

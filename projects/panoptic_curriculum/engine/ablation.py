@@ -17,6 +17,9 @@ Variants (``VARIANTS``):
 * ``curriculum_no_consist``: the point branch on, L_consist weighted 0;
 * ``curriculum_learned_weights``: learned loss weights (homoscedastic uncertainty,
   ``MODEL.PANOPTIC_CURRICULUM.LOSS_WEIGHTING uncertainty``) instead of the fixed ones;
+* ``curriculum_point_balanced``: the point branch with class-balanced point sampling (every
+  class in an image gets the same expected share of the points) and lifted from a detached
+  copy of the predicted depth (L_3D-seg and L_consist do not train the depth head);
 * ``joint_scratch``: the whole multi-task model trained jointly from random initialisation;
 * ``semantic_only``, ``instance_only``, ``depth_only``: one task, one model.
 
@@ -90,6 +93,9 @@ VARIANTS: Dict[str, Variant] = {
     "curriculum_no_consist": Variant(True, ["MODEL.POINT_HEAD.CONSISTENCY_WEIGHT", 0.0]),
     "curriculum_learned_weights": Variant(
         True, ["MODEL.PANOPTIC_CURRICULUM.LOSS_WEIGHTING", "uncertainty"]
+    ),
+    "curriculum_point_balanced": Variant(
+        True, ["MODEL.POINT_HEAD.SAMPLING", "class_balanced", "MODEL.POINT_HEAD.DETACH_DEPTH", True]
     ),
     "joint_scratch": Variant(False),
     "semantic_only": Variant(False, _only(True, False, False), ("sem_seg",)),
@@ -272,6 +278,35 @@ def results_table(
     return "\n".join(lines)
 
 
+def _extend_plan(cfg: CfgNode, plan: Dict, names: Sequence[str], plan_path: str) -> Dict:
+    """Add ``names`` to a saved plan under the same budget (``plan["seconds"]``): a
+    curriculum variant keeps the stage iterations, any other is given as many iterations
+    as its step time, measured now, fits into the budget."""
+    stages = _training_stages(cfg)
+    iters = {s: int(getattr(cfg.CURRICULUM, _STAGE_ITER_KEYS[s])) for s in stages}
+    planned = [v for v in plan["iterations"].values() if isinstance(v, dict)]  # curricula
+    if planned and any(p != iters for p in planned):
+        raise ValueError(
+            f"{plan_path} was planned for stage iterations {planned[0]}, the config now has "
+            f"{iters}: a different budget; use a new --output or delete it"
+        )
+    plan = dict(plan, iterations=dict(plan["iterations"]))
+    step_times = dict(plan.get("step_times", {}))
+    for key, c in step_time_configs(cfg, names).items():
+        if key.startswith("stage:"):
+            continue  # the budget's own stages were timed when it was planned
+        step_times[key] = measure_step_time(c)
+        logger.info("[ablation] %s: %.3f s per step", key, step_times[key])
+    for name in names:
+        if VARIANTS[name].curriculum:
+            plan["iterations"][name] = dict(iters)
+        else:
+            plan["iterations"][name] = max(1, int(round(plan["seconds"] / step_times[name])))
+    plan["step_times"] = step_times
+    atomic_write_text(plan_path, json.dumps(plan, indent=2))
+    return plan
+
+
 def run_ablation(
     cfg: CfgNode,
     names: Sequence[str],
@@ -294,10 +329,8 @@ def run_ablation(
         with open(plan_path) as f:
             plan = json.load(f)
         missing = [n for n in names if n not in plan["iterations"]]
-        if missing:
-            raise ValueError(
-                f"{plan_path} has no budget for {missing}; use a new --output or delete it"
-            )
+        if missing:  # variants added to an earlier ablation: same budget, planned now
+            plan = _extend_plan(cfg, plan, missing, plan_path)
     if plan is None:
         probe_cfgs = step_time_configs(cfg, names)
         step_times = {}

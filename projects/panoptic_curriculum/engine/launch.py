@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 
 from detectron2.utils import comm
 
-__all__ = ["launch", "DEFAULT_TIMEOUT"]
+__all__ = ["launch", "release_process_groups", "DEFAULT_TIMEOUT"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,4 +113,20 @@ def _worker(
     try:
         main_func(*args)
     finally:
+        release_process_groups()
+
+
+def release_process_groups() -> None:
+    """Destroy every process group of this process and drop the references detectron2 keeps
+    (``comm._LOCAL_PROCESS_GROUP`` and the cached gloo group of ``comm.gather``), so that
+    the groups' communication threads are joined now rather than during interpreter
+    shutdown, where a group still alive can abort the process as it exits (SIGABRT)."""
+    import gc
+
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    comm._LOCAL_PROCESS_GROUP = None
+    cache_clear = getattr(comm._get_global_gloo_group, "cache_clear", None)
+    if cache_clear is not None:
+        cache_clear()
+    gc.collect()
