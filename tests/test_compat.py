@@ -196,6 +196,17 @@ def test_missing_extension_placeholder():
     assert not hasattr(placeholder, "__file__")  # dunder lookups stay plain AttributeErrors
 
 
+def test_environment_report_on_a_gpu_machine_without_the_extension(monkeypatch):
+    """default_setup's collect_env_info on a CUDA machine: with the stand-in extension it
+    reports the extension as not built instead of reading ``detectron2._C.__file__``."""
+    from detectron2.utils import collect_env
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # no device to describe
+    info = collect_env.collect_env_info()
+    assert "not built" in info and "detectron2 arch flags" not in info
+
+
 def _reference_deform_conv(x, offset, weight, mask=None, bias=None, stride=1, pad=0, dil=1):
     """Deformable convolution written after detectron2's CUDA kernel: tap ``k = i * kw + j``
     of offset group ``g`` samples input row ``ho * stride - pad + i * dil + offset[2k]`` and

@@ -98,13 +98,19 @@ _NOT_BUILT = "not built (no compiled extension; see panoptic_curriculum.compat)"
 class _MissingExtension(types.ModuleType):
     """Stands in for ``detectron2._C``; any operator lookup raises MissingOperatorError.
 
-    The two build-information functions that ``detectron2.utils.collect_env`` (run by
-    ``default_setup``) calls answer that the extension is not built.
+    The build-information functions that ``detectron2.utils.collect_env`` (run by
+    ``default_setup``) calls answer that the extension is not built and holds no CUDA code
+    (on a GPU machine ``collect_env`` then skips the architecture flags it would read from
+    the extension's file).
     """
 
     @staticmethod
     def get_compiler_version():
         return _NOT_BUILT
+
+    @staticmethod
+    def has_cuda():
+        return False
 
     @staticmethod
     def get_cuda_version():
