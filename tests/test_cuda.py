@@ -14,6 +14,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from panoptic_curriculum.geometry import backproject, project
+from panoptic_curriculum.modeling.point_head.fps_triton import fps_kernel_applies
 from panoptic_curriculum.modeling.point_head.ops import (
     ball_query,
     class_balanced_weights,
@@ -55,8 +56,13 @@ def test_point_ops_on_gpu_match_cpu():
     xyz = torch.rand(2, 600, 3, generator=g, dtype=torch.float64) * 10.0
     valid = torch.rand(2, 600, generator=g) > 0.2
     fps_cpu = farthest_point_sample(xyz, 64, valid)
-    fps_gpu = farthest_point_sample(xyz.cuda(), 64, valid.cuda())
+    fps_gpu = farthest_point_sample(xyz.cuda(), 64, valid.cuda())  # float64: the torch loop
     assert torch.equal(fps_gpu.cpu(), fps_cpu)
+    # float32 on CUDA: the Triton kernel (one launch), the same picks as the CPU loop
+    xyz32 = xyz.float()
+    fps_cpu32 = farthest_point_sample(xyz32, 256, valid)
+    assert fps_kernel_applies(xyz32.cuda())
+    assert torch.equal(farthest_point_sample(xyz32.cuda(), 256, valid.cuda()).cpu(), fps_cpu32)
     centroids = torch.gather(xyz, 1, fps_cpu.unsqueeze(-1).expand(-1, -1, 3))
     bq_cpu = ball_query(xyz, centroids, 16, 2.0, valid)
     bq_gpu = ball_query(xyz.cuda(), centroids.cuda(), 16, 2.0, valid.cuda())

@@ -14,7 +14,8 @@ Conventions:
 
 Nothing here loops over points or pixels in Python. The single exception is
 ``farthest_point_sample``, which is sequential by definition: it runs one loop iteration
-per sampled centroid (each a handful of batched tensor ops, with no host synchronisation).
+per sampled centroid (each a handful of batched tensor ops, with no host synchronisation);
+on CUDA float32 clouds the same loop runs as one Triton kernel (``fps_triton``).
 """
 
 import math
@@ -85,6 +86,11 @@ def farthest_point_sample(
         score = torch.rand(B, N, generator=generator, device=xyz.device, dtype=xyz.dtype)
         score = torch.where(valid, score + 1.0, score.new_zeros(()))
     cur = score.argmax(dim=1)  # [B]
+    if xyz.is_cuda:
+        from .fps_triton import farthest_point_sample_triton, fps_kernel_applies
+
+        if fps_kernel_applies(xyz):  # the same loop in one kernel launch
+            return farthest_point_sample_triton(xyz, num, valid, cur)
     picks = []
     # The one accepted Python loop: FPS is sequential, one iteration per centroid.
     for _ in range(num):
