@@ -14,8 +14,6 @@ import torch
 
 from panoptic_curriculum.modeling.point_head import fps_triton
 
-pytest.importorskip("triton")
-
 _SCRIPT = r"""
 import torch
 from panoptic_curriculum.modeling.point_head.fps_triton import farthest_point_sample_triton

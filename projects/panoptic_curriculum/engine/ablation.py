@@ -29,6 +29,7 @@ read back from its ``ablation_result.json``.
 
 import json
 import logging
+import math
 import os
 import statistics
 import time
@@ -279,29 +280,21 @@ def results_table(
 
 
 def _extend_plan(cfg: CfgNode, plan: Dict, names: Sequence[str], plan_path: str) -> Dict:
-    """Add ``names`` to a saved plan under the same budget (``plan["seconds"]``): a
-    curriculum variant keeps the stage iterations, any other is given as many iterations
-    as its step time, measured now, fits into the budget."""
-    stages = _training_stages(cfg)
-    iters = {s: int(getattr(cfg.CURRICULUM, _STAGE_ITER_KEYS[s])) for s in stages}
-    planned = [v for v in plan["iterations"].values() if isinstance(v, dict)]  # curricula
-    if planned and any(p != iters for p in planned):
-        raise ValueError(
-            f"{plan_path} was planned for stage iterations {planned[0]}, the config now has "
-            f"{iters}: a different budget; use a new --output or delete it"
-        )
-    plan = dict(plan, iterations=dict(plan["iterations"]))
+    """Add ``names`` to a saved plan under the same budget: ``plan_budget`` with the saved
+    step times of the curriculum's stages and the new variants' step times, measured now."""
     step_times = dict(plan.get("step_times", {}))
     for key, c in step_time_configs(cfg, names).items():
-        if key.startswith("stage:"):
-            continue  # the budget's own stages were timed when it was planned
-        step_times[key] = measure_step_time(c)
-        logger.info("[ablation] %s: %.3f s per step", key, step_times[key])
-    for name in names:
-        if VARIANTS[name].curriculum:
-            plan["iterations"][name] = dict(iters)
-        else:
-            plan["iterations"][name] = max(1, int(round(plan["seconds"] / step_times[name])))
+        if key not in step_times:  # the budget's own stages were timed when it was planned
+            step_times[key] = measure_step_time(c)
+            logger.info("[ablation] %s: %.3f s per step", key, step_times[key])
+    added = plan_budget(cfg, names, step_times)
+    if not math.isclose(added["seconds"], plan["seconds"], rel_tol=1e-9):
+        raise ValueError(
+            f"{plan_path} was planned for a budget of {plan['seconds']:.0f} s, the config's "
+            f"stages now make {added['seconds']:.0f} s: a different budget; use a new --output "
+            "or delete it"
+        )
+    plan = dict(plan, iterations={**plan["iterations"], **added["iterations"]})
     plan["step_times"] = step_times
     atomic_write_text(plan_path, json.dumps(plan, indent=2))
     return plan
