@@ -4,6 +4,7 @@ mean ± std over seeds, resumable runs."""
 import json
 
 import pytest
+import yaml
 
 from panoptic_curriculum.engine.ablation import (
     VARIANTS,
@@ -12,6 +13,8 @@ from panoptic_curriculum.engine.ablation import (
     results_table,
     run_ablation,
 )
+
+from panoptic_curriculum.engine.run_record import ConfigMismatchError, record_diff
 
 from model_utils import tiny_cfg
 from test_curriculum import _cfg
@@ -103,3 +106,49 @@ def test_ablation_runs_measures_and_resumes(small_split, tmp_path):
         run_ablation(cfg3, ["curriculum_no_consist"], [0], str(out))
     with pytest.raises(ValueError, match="steps"):
         measure_step_time(cfg, steps=0)
+
+    # evaluated again at another test size: nothing trains, the source folder is only read
+    src = out / "curriculum_no_point_seed0"
+    before = {p: p.stat().st_mtime_ns for p in src.rglob("*") if p.is_file()}
+    cfg4 = cfg.clone()
+    cfg4.defrost()
+    cfg4.INPUT.MIN_SIZE_TEST = 64
+    out2 = tmp_path / "abl_test64"
+    names = ["semantic_only", "curriculum_no_point", "depth_only"]
+    evaluated_again = run_ablation(cfg4, names, [0], str(out2), evaluate_from=str(out))
+    after = {p: p.stat().st_mtime_ns for p in src.rglob("*") if p.is_file()}
+    assert after == before
+    assert json.loads((out2 / "budget_plan.json").read_text()) == extended
+    # a real evaluation (the source's doctored -1.0 is not copied), at the new test size
+    assert evaluated_again["results"]["semantic_only"][0]["sem_seg"]["mIoU"] >= 0.0
+    assert "AbsRel" in evaluated_again["results"]["depth_only"][0]["depth"]
+    record = json.loads((out2 / "curriculum_no_point_seed0" / "ablation_result.json").read_text())
+    assert record["evaluated_from"] == str(src) and "mIoU" in record["final"]["sem_seg"]
+    evaluated = (out2 / "curriculum_no_point_seed0" / "inference" / "config.yaml").read_text()
+    assert "MIN_SIZE_TEST: 64" in evaluated
+    assert "evaluated again" in (out2 / "ablation.md").read_text()
+    # only evaluation settings may differ from what trained the runs
+    cfg5 = cfg.clone()
+    cfg5.defrost()
+    cfg5.SOLVER.BASE_LR = cfg.SOLVER.BASE_LR / 2
+    with pytest.raises(ConfigMismatchError, match="SOLVER.BASE_LR"):
+        run_ablation(cfg5, ["curriculum_no_point"], [0], str(tmp_path / "x"), evaluate_from=str(out))
+    with pytest.raises(FileNotFoundError, match="not finished"):
+        run_ablation(cfg4, ["curriculum_no_point"], [1], str(tmp_path / "y"), evaluate_from=str(out))
+    with pytest.raises(ValueError, match="no runs of"):
+        run_ablation(cfg4, ["instance_only"], [0], str(tmp_path / "z"), evaluate_from=str(out))
+    with pytest.raises(ValueError, match="also --output"):
+        run_ablation(cfg4, names, [0], str(out), evaluate_from=str(out))
+
+
+def test_record_lacking_a_key_at_its_default_is_not_a_difference():
+    """A key added to the plugin after a run was recorded matches when left at its default
+    (old runs stay evaluable); set to anything else it is a difference."""
+    cfg = tiny_cfg()
+    recorded = yaml.safe_load(cfg.dump())
+    del recorded["MODEL"]["POINT_HEAD"]["SAMPLING"]
+    assert record_diff(recorded, cfg) == []
+    cfg.MODEL.POINT_HEAD.SAMPLING = "class_balanced"
+    assert record_diff(recorded, cfg) == [
+        ("MODEL.POINT_HEAD.SAMPLING", "<absent>", "class_balanced")
+    ]

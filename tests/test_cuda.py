@@ -19,6 +19,7 @@ from panoptic_curriculum.modeling.point_head.ops import (
     ball_query,
     class_balanced_weights,
     farthest_point_sample,
+    pairwise_sq_dist,
     sample_pixels,
     three_nn_interpolate,
 )
@@ -68,6 +69,12 @@ def test_point_ops_on_gpu_match_cpu():
     bq_gpu = ball_query(xyz.cuda(), centroids.cuda(), 16, 2.0, valid.cuda())
     # the same neighbour sets (order within a group may differ among equal-distance pads)
     assert torch.equal(bq_gpu.cpu().sort(-1).values, bq_cpu.sort(-1).values)
+    # float32 distances: coordinate differences on CUDA, torch.cdist on the CPU
+    d_gpu = pairwise_sq_dist(xyz32.cuda(), xyz32[:, :50].cuda())
+    torch.testing.assert_close(d_gpu.cpu(), pairwise_sq_dist(xyz32, xyz32[:, :50]))
+    c32 = centroids.float()
+    bq32 = ball_query(xyz32.cuda(), c32.cuda(), 16, 2.0, valid.cuda()).cpu()
+    assert torch.equal(bq32.sort(-1).values, ball_query(xyz32, c32, 16, 2.0, valid).sort(-1).values)
     feats = torch.rand(2, 64, 8, generator=g, dtype=torch.float64)
     up_cpu = three_nn_interpolate(xyz, centroids, feats)
     up_gpu = three_nn_interpolate(xyz.cuda(), centroids.cuda(), feats.cuda())

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
 
 from model_utils import NUM_CLASSES, fake_sample, tiny_cfg
 from panoptic_curriculum import load_config
@@ -95,8 +96,37 @@ def test_class_balanced_sampling_puts_points_on_small_objects():
         ("MODEL.POINT_HEAD.CONSISTENCY_DIRECTION", "sideways"),
         ("MODEL.POINT_HEAD.SAMPLING", "random"),
         ("MODEL.POINT_HEAD.DETACH_DEPTH", "yes"),
+        ("MODEL.POINT_HEAD.COMPILE_BACKEND", "no_such_backend"),
     ],
 )
 def test_bad_values_name_the_key(key, value):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         load_config("configs/synthetic/curriculum_R18_FPN.yaml", [key, value])
+
+
+def test_compiled_point_head_gives_the_same_losses_and_checkpoint_keys():
+    """MODEL.POINT_HEAD.COMPILE_BACKEND runs the point network's forward through
+    torch.compile ("eager" here: the wiring, not inductor's code generation, is under test);
+    losses and gradients equal the plain model's, the parameters and checkpoint keys are
+    the same."""
+    batch = [fake_sample(seed=0), fake_sample(seed=1, num_instances=1)]
+    out = {}
+    for backend in ("", "eager"):
+        torch.manual_seed(0)
+        cfg = tiny_cfg("configs/synthetic/curriculum_R18_FPN.yaml")
+        cfg.MODEL.POINT_HEAD.COMPILE_BACKEND = backend
+        model = build_model(cfg)
+        model.train()
+        torch.manual_seed(1)
+        with EventStorage():
+            losses = model(batch)
+        sum(losses.values()).backward()
+        grads = {n: p.grad.clone() for n, p in model.point_head.named_parameters()}
+        out[backend] = (model, losses, grads)
+    plain, compiled = out[""], out["eager"]
+    assert compiled[0]._point_head_compiled is not None and plain[0]._point_head_compiled is None
+    assert list(compiled[0].state_dict()) == list(plain[0].state_dict())
+    for k in plain[1]:
+        torch.testing.assert_close(compiled[1][k], plain[1][k])
+    for n in plain[2]:
+        torch.testing.assert_close(compiled[2][n], plain[2][n])

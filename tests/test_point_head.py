@@ -20,6 +20,7 @@ from panoptic_curriculum.modeling.point_head import (
     first_occurrence,
     gather_points,
     knn_group,
+    pairwise_sq_dist,
     point_cross_entropy,
     sample_pixels,
     three_nn_interpolate,
@@ -148,6 +149,19 @@ def test_three_nn_interpolation_exact_at_sources():
     three_nn_interpolate(mid_r, src_r, feat_r, valid).square().sum().backward()
     for t in (src_r, mid_r, feat_r):
         assert torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
+
+
+def test_pairwise_sq_dist_exact_far_from_the_origin():
+    """Squared distances from coordinate differences: exact where the matmul expansion
+    |a|² - 2ab + |b|² cancels catastrophically (points 1 km out, centimetres apart); low
+    precision inputs are computed in float32."""
+    a = torch.tensor([[[1000.0, 1000.0, 1000.0]]])
+    b = torch.tensor([[[1000.0, 1000.0, 1000.01], [1000.03, 1000.0, 1000.0]]])
+    d2 = pairwise_sq_dist(a, b)
+    ref = (a.double()[:, :, None] - b.double()[:, None]).square().sum(-1)
+    assert d2.shape == (1, 1, 2) and d2.dtype == torch.float32
+    torch.testing.assert_close(d2.double(), ref, rtol=1e-3, atol=1e-9)
+    assert pairwise_sq_dist(a.bfloat16(), b.bfloat16()).dtype == torch.float32
 
 
 def test_gather_points():

@@ -216,6 +216,17 @@ def runs(setup):
             str(root / "analysis.json"),
             *weights,
         ],
+        "ablation_evaluate_training_key": [
+            os.path.join(TOOLS, "ablation.py"),
+            "--evaluate-from",
+            str(root / "curriculum"),
+            "--output",
+            str(root / "ablation_again"),
+            "INPUT.MIN_SIZE_TEST",
+            "64",
+            "SOLVER.BASE_LR",
+            "0.1",
+        ],
         "plot_metrics": [
             os.path.join(TOOLS, "plot_metrics.py"),
             str(root / "curriculum"),
@@ -251,6 +262,15 @@ def check_run(runs, name):
     code, output, _ = runs[name]
     assert code == 0, f"{name} failed ({code}):\n{output[-4000:]}"
     return output
+
+
+def test_ablation_evaluate_from_refuses_training_keys(setup, runs):
+    """--evaluate-from evaluates finished runs again: a training key among the overrides is
+    an error that names it, before anything is loaded or written."""
+    code, output, _ = runs["ablation_evaluate_training_key"]
+    assert code == 2, output[-2000:]
+    assert "['SOLVER.BASE_LR']" in output and "evaluation-only" in output
+    assert not (setup["root"] / "ablation_again").exists()
 
 
 # ------------------------------------------------------------------------------------ demo

@@ -10,6 +10,9 @@ machine; every other variant trains for as many iterations as fit in the same se
         --seeds 0 1 2 --output output/ablation
     python tools/ablation.py --variants curriculum joint_scratch --seeds 0 1 2 \
         CURRICULUM.SEMANTIC_ITER 100   # config overrides apply to every variant
+    # evaluate the finished runs of output/ablation again, at another test size (no training)
+    python tools/ablation.py --evaluate-from output/ablation --output output/ablation_test160 \
+        INPUT.MIN_SIZE_TEST 160 INPUT.MAX_SIZE_TEST 400
 """
 
 import argparse
@@ -20,6 +23,7 @@ from detectron2.utils.logger import setup_logger
 
 from panoptic_curriculum import load_config
 from panoptic_curriculum.engine.ablation import VARIANTS, run_ablation
+from panoptic_curriculum.engine.run_record import is_evaluation_only
 
 
 def main():
@@ -34,12 +38,29 @@ def main():
         help="semantic classes whose IoU gets its own column",
     )
     parser.add_argument("--output", default="output/ablation")
+    parser.add_argument(
+        "--evaluate-from",
+        metavar="DIR",
+        help="train nothing: evaluate the finished runs of DIR (an earlier --output) with this "
+        "command's evaluation-only overrides (INPUT.MIN_SIZE_TEST, TEST.*, ...); results go "
+        "to --output, DIR is only read",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args()
+    if args.evaluate_from:
+        training_keys = [k for k in args.opts[::2] if not is_evaluation_only(k)]
+        if training_keys:
+            parser.error(
+                f"--evaluate-from: {training_keys} would change training, not evaluation; only "
+                "evaluation-only keys may be overridden (panoptic_curriculum/engine/run_record.py)"
+            )
     setup_logger(name="panoptic_curriculum")
     setup_logger()
     cfg = load_config(args.config_file, args.opts)
-    content = run_ablation(cfg, args.variants, args.seeds, args.output, args.per_class)
+    content = run_ablation(
+        cfg, args.variants, args.seeds, args.output, args.per_class,
+        evaluate_from=args.evaluate_from,
+    )
     logging.getLogger("panoptic_curriculum").info("\n%s", content["budget"])
     with open(f"{args.output}/ablation.md") as f:
         print(f.read())

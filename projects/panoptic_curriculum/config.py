@@ -175,6 +175,10 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     # Lift a detached copy of the predicted depth: L_3D-seg and L_consist then do not train
     # the depth head (only L_depth does).
     cfg.MODEL.POINT_HEAD.DETACH_DEPTH = False
+    # "" or a torch.compile backend ("inductor") for the point network's forward: on CUDA its
+    # many small kernels are launch-bound (training step +51 % with the branch, +26 % compiled,
+    # H200, README "Benchmark"); weights and checkpoints are the same either way.
+    cfg.MODEL.POINT_HEAD.COMPILE_BACKEND = ""
     # Return the labelled point cloud at inference ("point_cloud" in each output dict).
     cfg.MODEL.POINT_HEAD.INFERENCE_ON = False
     # Semantic class ids without a surface (e.g. sky): at inference, pixels predicted as

@@ -231,6 +231,10 @@ def _check_point_head(c: _Checker) -> None:
     c.one_of(ph + "CONSISTENCY_DIRECTION", CONSISTENCY_DIRECTIONS, "side L_consist trains")
     c.one_of(ph + "SAMPLING", POINT_SAMPLING, "pixels the point branch samples in training")
     c.boolean(ph + "DETACH_DEPTH")
+    import torch._dynamo
+
+    backends = [""] + sorted(torch._dynamo.list_backends(exclude_tags=()))
+    c.one_of(ph + "COMPILE_BACKEND", backends, "'' off, else the torch.compile backend")
     c.boolean(ph + "USE_IMAGE_FEATURES")
     c.boolean(ph + "INFERENCE_ON")
     n = c.get("MODEL.SEM_SEG_HEAD.NUM_CLASSES")

@@ -25,6 +25,11 @@ Variants (``VARIANTS``):
 
 Every run is evaluated on the config's test set. Results are resumable: a finished run is
 read back from its ``ablation_result.json``.
+
+Evaluation settings can be changed after training: ``run_ablation(..., evaluate_from=DIR)``
+evaluates the final models of an earlier ablation folder under the config's
+evaluation-only keys (e.g. ``INPUT.MIN_SIZE_TEST``; see ``run_record``), trains nothing,
+and writes the results to a new folder; ``DIR`` is only read.
 """
 
 import json
@@ -43,7 +48,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from .checkpoint import atomic_write_text
-from .curriculum import run_curriculum, stage_config
+from .curriculum import evaluate_run, run_curriculum, stage_config
 from .trainer import PanopticCurriculumTrainer
 
 __all__ = [
@@ -53,6 +58,7 @@ __all__ = [
     "measure_step_time",
     "plan_budget",
     "run_variant",
+    "evaluate_variant",
     "results_table",
 ]
 
@@ -248,6 +254,66 @@ def run_variant(cfg: CfgNode, name: str, seed: int, out_dir: str, iterations) ->
     return final
 
 
+def evaluate_variant(
+    cfg: CfgNode, name: str, seed: int, source_dir: str, out_dir: str, iterations
+) -> Dict:
+    """Evaluate the final model of the finished run ``source_dir`` (one variant and seed of an
+    earlier ablation) with ``cfg``'s evaluation settings; nothing is trained and
+    ``source_dir`` is only read. Results go to ``out_dir/ablation_result.json`` (resumable).
+
+    A curriculum run's final stage is checked against its record: ``cfg`` may differ from the
+    config that trained it in evaluation-only keys only.
+
+    Raises:
+        FileNotFoundError: ``source_dir`` holds no finished run.
+        ValueError: the run was trained for other iterations than ``iterations``.
+        ConfigMismatchError: training-relevant keys differ from the run's record.
+    """
+    record = os.path.join(out_dir, "ablation_result.json")
+    if os.path.isfile(record):
+        with open(record) as f:
+            return json.load(f)["final"]
+    source_record = os.path.join(source_dir, "ablation_result.json")
+    if not os.path.isfile(source_record):
+        raise FileNotFoundError(
+            f"{source_record} not found: the run {name} seed {seed} is not finished there; "
+            "train it first (tools/ablation.py with that folder as --output)"
+        )
+    with open(source_record) as f:
+        trained = json.load(f)
+    if trained.get("iterations") != iterations:
+        raise ValueError(
+            f"{source_record}: {name} seed {seed} was trained for {trained.get('iterations')} "
+            f"iterations, the plan says {iterations}"
+        )
+    c = variant_config(cfg, name, seed, source_dir, iterations)
+    if not VARIANTS[name].curriculum:
+        c.defrost()
+        c.MODEL.WEIGHTS = os.path.join(source_dir, "model_final.pth")
+        c.freeze()
+        if not os.path.isfile(c.MODEL.WEIGHTS):
+            raise FileNotFoundError(f"{c.MODEL.WEIGHTS} not found ({name} seed {seed})")
+    start = time.perf_counter()
+    final = evaluate_run(c, resume=VARIANTS[name].curriculum, output_dir=out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    atomic_write_text(
+        record,
+        json.dumps(
+            {
+                "variant": name,
+                "seed": seed,
+                "iterations": iterations,
+                "seconds": trained.get("seconds"),
+                "evaluated_from": os.path.abspath(source_dir),
+                "evaluation_seconds": time.perf_counter() - start,
+                "final": dict(final),
+            },
+            indent=2,
+        ),
+    )
+    return final
+
+
 def _fmt(values: List[float], depth: bool) -> str:
     if not values:
         return "-"
@@ -307,10 +373,15 @@ def run_ablation(
     output: str,
     per_class: Sequence[str] = (),
     plan: Optional[Dict] = None,
+    evaluate_from: Optional[str] = None,
 ) -> Dict:
     """Measure step times (unless ``plan`` is given or a plan was saved in ``output``),
     plan one wall-clock budget, run every variant and seed, write
-    ``output/ablation.{md,json}``. Returns the json content."""
+    ``output/ablation.{md,json}``. Returns the json content.
+
+    With ``evaluate_from`` (an earlier ablation's ``output``), nothing is trained: its
+    finished runs are evaluated with ``cfg``'s evaluation settings (``evaluate_variant``)
+    under its budget plan, and the results written to ``output``."""
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown ablation variants {unknown}; variants are {list(VARIANTS)}")
@@ -318,6 +389,26 @@ def run_ablation(
         raise ValueError("--seeds: give at least one seed")
     os.makedirs(output, exist_ok=True)
     plan_path = os.path.join(output, "budget_plan.json")
+    if evaluate_from is not None:
+        if os.path.abspath(evaluate_from) == os.path.abspath(output):
+            raise ValueError(
+                f"--evaluate-from {evaluate_from} is also --output: evaluate into another folder"
+            )
+        source_plan = os.path.join(evaluate_from, "budget_plan.json")
+        if not os.path.isfile(source_plan):
+            raise FileNotFoundError(
+                f"{source_plan} not found: --evaluate-from needs the --output folder of an "
+                "earlier ablation"
+            )
+        with open(source_plan) as f:
+            plan = json.load(f)
+        missing = [n for n in names if n not in plan["iterations"]]
+        if missing:
+            raise ValueError(
+                f"{source_plan} has no runs of {missing}; it planned "
+                f"{list(plan['iterations'])}"
+            )
+        atomic_write_text(plan_path, json.dumps(plan, indent=2))
     if plan is None and os.path.isfile(plan_path):
         with open(plan_path) as f:
             plan = json.load(f)
@@ -343,14 +434,26 @@ def run_ablation(
     for seed in seeds:
         for name in names:
             out_dir = os.path.join(output, f"{name}_seed{seed}")
-            results[name][seed] = run_variant(
-                cfg, name, seed, out_dir, plan["iterations"][name]
+            if evaluate_from is not None:
+                results[name][seed] = evaluate_variant(
+                    cfg,
+                    name,
+                    seed,
+                    os.path.join(evaluate_from, f"{name}_seed{seed}"),
+                    out_dir,
+                    plan["iterations"][name],
+                )
+            else:
+                results[name][seed] = run_variant(
+                    cfg, name, seed, out_dir, plan["iterations"][name]
+                )
+            content = _write_results(
+                output, plan, names, seeds, results, per_class, evaluate_from
             )
-            content = _write_results(output, plan, names, seeds, results, per_class)
     return content
 
 
-def _write_results(output, plan, names, seeds, results, per_class) -> Dict:
+def _write_results(output, plan, names, seeds, results, per_class, evaluate_from=None) -> Dict:
     done = sorted({s for per_seed in results.values() for s in per_seed})
     budget = (
         f"budget: {plan['seconds']:.0f} s of training per run on this machine (the "
@@ -360,6 +463,12 @@ def _write_results(output, plan, names, seeds, results, per_class) -> Dict:
         + f"), seeds {done}"
         + ("" if done == sorted(seeds) else f" of {list(seeds)} (unfinished)")
         + "; mean ± std over seeds"
+        + (
+            ""
+            if evaluate_from is None
+            else f"; the models trained in {os.path.basename(os.path.normpath(evaluate_from))}/,"
+            " evaluated again with this config's evaluation settings"
+        )
     )
     table = results_table(results, per_class) + "\n\n" + budget + "\n"
     atomic_write_text(os.path.join(output, "ablation.md"), table)

@@ -440,6 +440,7 @@ def evaluate_run(
     resume: bool = False,
     allow_config_change: bool = False,
     trainer_cls=PanopticCurriculumTrainer,
+    output_dir: Optional[str] = None,
 ) -> Dict:
     """Evaluate a model on ``cfg.DATASETS.TEST`` (``tools/train_net.py --eval-only``).
 
@@ -449,7 +450,9 @@ def evaluate_run(
     * otherwise, as detectron2: the last checkpoint of ``cfg.OUTPUT_DIR`` with ``resume``,
       else ``MODEL.WEIGHTS``.
 
-    The config evaluated with is written to ``<its OUTPUT_DIR>/inference/config.yaml``.
+    The config evaluated with is written to ``<its OUTPUT_DIR>/inference/config.yaml``, the
+    evaluators' files beside it; ``output_dir`` puts both there instead (the evaluated run's
+    folder is then only read).
 
     Raises:
         FileNotFoundError: ``resume`` on a curriculum folder without a finished stage.
@@ -496,6 +499,11 @@ def evaluate_run(
         checkpointer.load(c.MODEL.WEIGHTS, checkpointables=[])
     else:
         checkpointer.resume_or_load(c.MODEL.WEIGHTS, resume=resume)
+    if output_dir is not None:  # an evaluation-only key: the record check above still holds
+        c = c.clone()
+        c.defrost()
+        c.OUTPUT_DIR = output_dir
+        c.freeze()
     if comm.is_main_process():
         os.makedirs(os.path.join(c.OUTPUT_DIR, "inference"), exist_ok=True)
         write_record(

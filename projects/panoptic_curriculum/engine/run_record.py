@@ -16,7 +16,8 @@ runs of one folder because they do not change the weights a stage trains:
   ``MODEL.POINT_HEAD.NO_SURFACE_CLASSES``, the panoptic fusion thresholds
   ``MODEL.PANOPTIC_CURRICULUM.PANOPTIC_*`` and ``MODEL.PANOPTIC_FPN.COMBINE.*``;
 * where and on what the run happens: ``OUTPUT_DIR`` (a moved folder is the same run; start
-  weights inside it are compared relative to it), ``MODEL.DEVICE``, ``CUDNN_BENCHMARK``,
+  weights inside it are compared relative to it), ``MODEL.DEVICE``,
+  ``MODEL.POINT_HEAD.COMPILE_BACKEND`` (the same network, compiled), ``CUDNN_BENCHMARK``,
   ``DATALOADER.NUM_WORKERS`` (the training stream is a function of ``SEED`` and the
   position only);
 * bookkeeping: ``SOLVER.CHECKPOINT_PERIOD``, ``VIS_PERIOD``;
@@ -53,6 +54,7 @@ RECORD = "config.yaml"
 EVALUATION_ONLY_KEYS = (
     "OUTPUT_DIR",
     "MODEL.DEVICE",
+    "MODEL.POINT_HEAD.COMPILE_BACKEND",
     "CUDNN_BENCHMARK",
     "DATALOADER.NUM_WORKERS",
     "SOLVER.CHECKPOINT_PERIOD",
@@ -134,15 +136,38 @@ def read_record(path: str) -> Dict:
     return d
 
 
+def _default_items() -> Dict[str, object]:
+    """``{dotted key: value}`` of the plugin's default config, as YAML writes them."""
+    from detectron2.config import get_cfg
+
+    from ..config import add_panoptic_curriculum_config
+
+    cfg = get_cfg()
+    add_panoptic_curriculum_config(cfg)
+    return dict(_flatten(yaml.safe_load(cfg.dump())))
+
+
 def record_diff(recorded: Dict, current: CfgNode) -> List[Tuple[str, object, object]]:
     """``(key, recorded value, current value)`` for every training-relevant key that differs
-    between a record and a stage config, sorted by key."""
+    between a record and a stage config, sorted by key.
+
+    A key the record lacks while the current config holds it at the plugin's default is not
+    a difference: such a key was added to the plugin after the run was recorded, and every
+    key is added with a default that trains as the code did without it."""
     a, b = training_items(recorded), training_items(current)
-    return [
-        (k, a.get(k, _ABSENT), b.get(k, _ABSENT))
-        for k in sorted(set(a) | set(b))
-        if a.get(k, _ABSENT) != b.get(k, _ABSENT)
-    ]
+    defaults = None
+    diff = []
+    for k in sorted(set(a) | set(b)):
+        old, new = a.get(k, _ABSENT), b.get(k, _ABSENT)
+        if old == new:
+            continue
+        if k not in a:
+            if defaults is None:
+                defaults = _default_items()
+            if k in defaults and defaults[k] == new:
+                continue
+        diff.append((k, old, new))
+    return diff
 
 
 def format_diff(diff: Sequence[Tuple[str, object, object]], indent: str = "    ") -> str:

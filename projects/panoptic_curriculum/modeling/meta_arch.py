@@ -144,6 +144,7 @@ class PanopticCurriculumModel(nn.Module):
         panoptic_stuff_area_limit: int = 64,
         panoptic_score_threshold: float = 0.5,
         loss_weighting: str = "fixed",
+        point_head_compile: str = "",
     ):
         """
         Args:
@@ -182,6 +183,11 @@ class PanopticCurriculumModel(nn.Module):
                 :mod:`.loss_weighting`); the module ``loss_weighting`` then holds them, the
                 regulariser is returned as ``loss_uncertainty_reg`` and the current weights
                 go to the EventStorage as ``task_weight/<task>``.
+            point_head_compile: "" (off) or a ``torch.compile`` backend ("inductor", ...)
+                that the point network's forward runs through (a speed option for CUDA,
+                where the point network's many small kernels are launch-bound). The module
+                and its parameters stay as they are (checkpoints are unchanged); under
+                ``torch.jit`` tracing (export) the plain forward runs.
         """
         super().__init__()
         if (proposal_generator is None) != (roi_heads is None):
@@ -221,6 +227,11 @@ class PanopticCurriculumModel(nn.Module):
         self.use_image_features = use_image_features
         self.image_feature_name = image_feature_name
         self.point_inference = point_inference
+        # a compiled copy of the point network's forward (not a registered module: the
+        # parameters and checkpoint keys stay those of ``self.point_head``)
+        self._point_head_compiled = None
+        if point_head_compile and point_head is not None:
+            self._point_head_compiled = torch.compile(point_head.forward, backend=point_head_compile)
         # set to a list by ``evaluation.point_branch.record_point_branch``: each training
         # forward then appends its point-branch tensors (detached) for diagnostics
         self.point_branch_record: Optional[List[Dict[str, torch.Tensor]]] = None
@@ -294,6 +305,7 @@ class PanopticCurriculumModel(nn.Module):
             "image_feature_name": feat_name,
             "point_inference": cfg.MODEL.POINT_HEAD.INFERENCE_ON,
             "no_surface_classes": cfg.MODEL.POINT_HEAD.NO_SURFACE_CLASSES,
+            "point_head_compile": cfg.MODEL.POINT_HEAD.COMPILE_BACKEND,
             "thing_to_sem": thing_to_semantic_ids(
                 train_sets[0] if train_sets else None, cfg.MODEL.ROI_HEADS.NUM_CLASSES
             ),
@@ -379,7 +391,10 @@ class PanopticCurriculumModel(nn.Module):
                 fmap, grid[:, :, None, :].to(fmap.dtype), align_corners=False
             )
             point_feats = point_feats[..., 0].transpose(1, 2)
-        logits_3d = self.point_head(xyz, point_valid, point_feats)
+        if self._point_head_compiled is not None and not torch.jit.is_tracing():
+            logits_3d = self._point_head_compiled(xyz, point_valid, point_feats)
+        else:
+            logits_3d = self.point_head(xyz, point_valid, point_feats)
         out = {
             "pixel_idx": pixel_idx,
             "point_valid": point_valid,

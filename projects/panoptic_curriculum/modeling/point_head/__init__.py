@@ -9,6 +9,7 @@ from .ops import (
     gather_points,
     knn_group,
     class_balanced_weights,
+    pairwise_sq_dist,
     sample_pixels,
     three_nn_interpolate,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "first_occurrence",
     "ball_query",
     "knn_group",
+    "pairwise_sq_dist",
     "gather_points",
     "three_nn_interpolate",
     "sample_pixels",
