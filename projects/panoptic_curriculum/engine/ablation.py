@@ -20,6 +20,8 @@ Variants (``VARIANTS``):
 * ``curriculum_point_balanced``: the point branch with class-balanced point sampling (every
   class in an image gets the same expected share of the points) and lifted from a detached
   copy of the predicted depth (L_3D-seg and L_consist do not train the depth head);
+* ``curriculum_point_balanced_to_3d``: the same, with L_consist one way, the 2D head
+  teaching the point network (``CONSISTENCY_DIRECTION to_3d``: no gradient to the 2D side);
 * ``joint_scratch``: the whole multi-task model trained jointly from random initialisation;
 * ``semantic_only``, ``instance_only``, ``depth_only``: one task, one model.
 
@@ -103,6 +105,17 @@ VARIANTS: Dict[str, Variant] = {
     ),
     "curriculum_point_balanced": Variant(
         True, ["MODEL.POINT_HEAD.SAMPLING", "class_balanced", "MODEL.POINT_HEAD.DETACH_DEPTH", True]
+    ),
+    "curriculum_point_balanced_to_3d": Variant(
+        True,
+        [
+            "MODEL.POINT_HEAD.SAMPLING",
+            "class_balanced",
+            "MODEL.POINT_HEAD.DETACH_DEPTH",
+            True,
+            "MODEL.POINT_HEAD.CONSISTENCY_DIRECTION",
+            "to_3d",
+        ],
     ),
     "joint_scratch": Variant(False),
     "semantic_only": Variant(False, _only(True, False, False), ("sem_seg",)),
