@@ -232,13 +232,30 @@ def step_time_configs(cfg: CfgNode, names: Sequence[str], extra_opts: Sequence =
     return out
 
 
+#: a finished run's record, in its folder
+RESULT = "ablation_result.json"
+
+
+def _read_json(path: str) -> Dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _unplanned(plan: Dict, names: Sequence[str]) -> List[str]:
+    return [n for n in names if n not in plan["iterations"]]
+
+
+def _write_result(out_dir: str, name: str, seed: int, iterations, final: Dict, **info) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    record = {"variant": name, "seed": seed, "iterations": iterations, **info, "final": final}
+    atomic_write_text(os.path.join(out_dir, RESULT), json.dumps(record, indent=2))
+
+
 def run_variant(cfg: CfgNode, name: str, seed: int, out_dir: str, iterations) -> Dict:
     """Final evaluation results of one variant and seed (the curriculum's last stage, or
     the jointly trained model); resumable."""
-    record = os.path.join(out_dir, "ablation_result.json")
-    if os.path.isfile(record):
-        with open(record) as f:
-            return json.load(f)["final"]
+    if os.path.isfile(os.path.join(out_dir, RESULT)):
+        return _read_json(os.path.join(out_dir, RESULT))["final"]
     c = variant_config(cfg, name, seed, out_dir, iterations)
     start = time.perf_counter()
     if VARIANTS[name].curriculum:
@@ -250,20 +267,7 @@ def run_variant(cfg: CfgNode, name: str, seed: int, out_dir: str, iterations) ->
         trainer.resume_or_load(resume=True)
         trainer.train()
         final = getattr(trainer, "_last_eval_results", None) or {}
-    os.makedirs(out_dir, exist_ok=True)
-    atomic_write_text(
-        record,
-        json.dumps(
-            {
-                "variant": name,
-                "seed": seed,
-                "iterations": iterations,
-                "seconds": time.perf_counter() - start,
-                "final": final,
-            },
-            indent=2,
-        ),
-    )
+    _write_result(out_dir, name, seed, iterations, final, seconds=time.perf_counter() - start)
     return final
 
 
@@ -282,18 +286,15 @@ def evaluate_variant(
         ValueError: the run was trained for other iterations than ``iterations``.
         ConfigMismatchError: training-relevant keys differ from the run's record.
     """
-    record = os.path.join(out_dir, "ablation_result.json")
-    if os.path.isfile(record):
-        with open(record) as f:
-            return json.load(f)["final"]
-    source_record = os.path.join(source_dir, "ablation_result.json")
+    if os.path.isfile(os.path.join(out_dir, RESULT)):
+        return _read_json(os.path.join(out_dir, RESULT))["final"]
+    source_record = os.path.join(source_dir, RESULT)
     if not os.path.isfile(source_record):
         raise FileNotFoundError(
             f"{source_record} not found: the run {name} seed {seed} is not finished there; "
             "train it first (tools/ablation.py with that folder as --output)"
         )
-    with open(source_record) as f:
-        trained = json.load(f)
+    trained = _read_json(source_record)
     if trained.get("iterations") != iterations:
         raise ValueError(
             f"{source_record}: {name} seed {seed} was trained for {trained.get('iterations')} "
@@ -308,21 +309,15 @@ def evaluate_variant(
             raise FileNotFoundError(f"{c.MODEL.WEIGHTS} not found ({name} seed {seed})")
     start = time.perf_counter()
     final = evaluate_run(c, resume=VARIANTS[name].curriculum, output_dir=out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    atomic_write_text(
-        record,
-        json.dumps(
-            {
-                "variant": name,
-                "seed": seed,
-                "iterations": iterations,
-                "seconds": trained.get("seconds"),
-                "evaluated_from": os.path.abspath(source_dir),
-                "evaluation_seconds": time.perf_counter() - start,
-                "final": dict(final),
-            },
-            indent=2,
-        ),
+    _write_result(
+        out_dir,
+        name,
+        seed,
+        iterations,
+        dict(final),
+        seconds=trained.get("seconds"),
+        evaluated_from=os.path.abspath(source_dir),
+        evaluation_seconds=time.perf_counter() - start,
     )
     return final
 
@@ -413,9 +408,8 @@ def run_ablation(
                 f"{source_plan} not found: --evaluate-from needs the --output folder of an "
                 "earlier ablation"
             )
-        with open(source_plan) as f:
-            plan = json.load(f)
-        missing = [n for n in names if n not in plan["iterations"]]
+        plan = _read_json(source_plan)
+        missing = _unplanned(plan, names)
         if missing:
             raise ValueError(
                 f"{source_plan} has no runs of {missing}; it planned "
@@ -423,9 +417,8 @@ def run_ablation(
             )
         atomic_write_text(plan_path, json.dumps(plan, indent=2))
     if plan is None and os.path.isfile(plan_path):
-        with open(plan_path) as f:
-            plan = json.load(f)
-        missing = [n for n in names if n not in plan["iterations"]]
+        plan = _read_json(plan_path)
+        missing = _unplanned(plan, names)
         if missing:  # variants added to an earlier ablation: same budget, planned now
             plan = _extend_plan(cfg, plan, missing, plan_path)
     if plan is None:
