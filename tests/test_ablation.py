@@ -132,9 +132,13 @@ def test_ablation_runs_measures_and_resumes(small_split, tmp_path):
     cfg5.defrost()
     cfg5.SOLVER.BASE_LR = cfg.SOLVER.BASE_LR / 2
     with pytest.raises(ConfigMismatchError, match="SOLVER.BASE_LR"):
-        run_ablation(cfg5, ["curriculum_no_point"], [0], str(tmp_path / "x"), evaluate_from=str(out))
+        run_ablation(
+            cfg5, ["curriculum_no_point"], [0], str(tmp_path / "x"), evaluate_from=str(out)
+        )
     with pytest.raises(FileNotFoundError, match="not finished"):
-        run_ablation(cfg4, ["curriculum_no_point"], [1], str(tmp_path / "y"), evaluate_from=str(out))
+        run_ablation(
+            cfg4, ["curriculum_no_point"], [1], str(tmp_path / "y"), evaluate_from=str(out)
+        )
     with pytest.raises(ValueError, match="no runs of"):
         run_ablation(cfg4, ["instance_only"], [0], str(tmp_path / "z"), evaluate_from=str(out))
     with pytest.raises(ValueError, match="also --output"):

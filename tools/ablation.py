@@ -16,7 +16,9 @@ machine; every other variant trains for as many iterations as fit in the same se
 """
 
 import argparse
+import json
 import logging
+import os
 
 import panoptic_curriculum  # noqa: F401  isort:skip  first: detectron2 v0.6 compatibility layer
 from detectron2.utils.logger import setup_logger
@@ -30,7 +32,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-file", default="configs/synthetic/curriculum_R18_FPN.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        help="default: every variant (with --evaluate-from: every variant that DIR planned)",
+    )
     parser.add_argument(
         "--per-class",
         nargs="*",
@@ -54,6 +61,13 @@ def main():
                 f"--evaluate-from: {training_keys} would change training, not evaluation; only "
                 "evaluation-only keys may be overridden (panoptic_curriculum/engine/run_record.py)"
             )
+    if args.variants is None:
+        args.variants = list(VARIANTS)
+        plan = os.path.join(args.evaluate_from or "", "budget_plan.json")
+        if args.evaluate_from and os.path.isfile(plan):
+            with open(plan) as f:
+                planned = json.load(f)["iterations"]
+            args.variants = [v for v in VARIANTS if v in planned]
     setup_logger(name="panoptic_curriculum")
     setup_logger()
     cfg = load_config(args.config_file, args.opts)

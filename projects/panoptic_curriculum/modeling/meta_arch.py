@@ -231,7 +231,9 @@ class PanopticCurriculumModel(nn.Module):
         # parameters and checkpoint keys stay those of ``self.point_head``)
         self._point_head_compiled = None
         if point_head_compile and point_head is not None:
-            self._point_head_compiled = torch.compile(point_head.forward, backend=point_head_compile)
+            self._point_head_compiled = torch.compile(
+                point_head.forward, backend=point_head_compile
+            )
         # set to a list by ``evaluation.point_branch.record_point_branch``: each training
         # forward then appends its point-branch tensors (detached) for diagnostics
         self.point_branch_record: Optional[List[Dict[str, torch.Tensor]]] = None

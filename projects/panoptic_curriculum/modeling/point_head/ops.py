@@ -151,9 +151,9 @@ def ball_query(
     """Group ``k`` neighbours of each centroid among the valid points, within ``radius``.
 
     This is a kNN search (exact squared Euclidean distances, :func:`pairwise_sq_dist`, +
-    ``topk``; invalid points at +inf distance) in which every neighbour farther than ``radius`` (or invalid,
-    when fewer than ``k`` points are valid) is replaced by the nearest neighbour, the way
-    PointNet++ pads its ball query. A centroid taken from the cloud is its own nearest
+    ``topk``; invalid points at +inf distance) in which every neighbour farther than
+    ``radius`` (or invalid, when fewer than ``k`` points are valid) is replaced by the
+    nearest neighbour, the way PointNet++ pads its ball query. A centroid taken from the cloud is its own nearest
     neighbour, so a group always contains at least that point.
 
     Args:
