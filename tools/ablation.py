@@ -16,15 +16,13 @@ machine; every other variant trains for as many iterations as fit in the same se
 """
 
 import argparse
-import json
 import logging
-import os
 
 import panoptic_curriculum  # noqa: F401  isort:skip  first: detectron2 v0.6 compatibility layer
 from detectron2.utils.logger import setup_logger
 
 from panoptic_curriculum import load_config
-from panoptic_curriculum.engine.ablation import VARIANTS, run_ablation
+from panoptic_curriculum.engine.ablation import VARIANTS, planned_variants, run_ablation
 from panoptic_curriculum.engine.run_record import is_evaluation_only
 
 
@@ -62,12 +60,8 @@ def main():
                 "evaluation-only keys may be overridden (panoptic_curriculum/engine/run_record.py)"
             )
     if args.variants is None:
-        args.variants = list(VARIANTS)
-        plan = os.path.join(args.evaluate_from or "", "budget_plan.json")
-        if args.evaluate_from and os.path.isfile(plan):
-            with open(plan) as f:
-                planned = json.load(f)["iterations"]
-            args.variants = [v for v in VARIANTS if v in planned]
+        planned = planned_variants(args.evaluate_from) if args.evaluate_from else []
+        args.variants = planned or list(VARIANTS)
     setup_logger(name="panoptic_curriculum")
     setup_logger()
     cfg = load_config(args.config_file, args.opts)

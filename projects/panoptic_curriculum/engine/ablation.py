@@ -61,6 +61,7 @@ __all__ = [
     "plan_budget",
     "run_variant",
     "evaluate_variant",
+    "planned_variants",
     "results_table",
 ]
 
@@ -239,6 +240,15 @@ RESULT = "ablation_result.json"
 def _read_json(path: str) -> Dict:
     with open(path) as f:
         return json.load(f)
+
+
+def planned_variants(output: str) -> List[str]:
+    """The variants the budget plan saved in the ablation folder ``output`` covers (empty
+    without a plan), in ``VARIANTS`` order."""
+    path = os.path.join(output, "budget_plan.json")
+    if not os.path.isfile(path):
+        return []
+    return [v for v in VARIANTS if v in _read_json(path)["iterations"]]
 
 
 def _unplanned(plan: Dict, names: Sequence[str]) -> List[str]:
