@@ -53,6 +53,18 @@ TINY_OPTS = [
 TINY_OVERRIDES = TINY_OPTS
 
 
+#: the plugin's defaults for how the point branch trains (the main job's config sets
+#: class-balanced sampling, a detached depth and L_consist to the 3D side only)
+POINT_TRAINING_DEFAULTS = (
+    "MODEL.POINT_HEAD.SAMPLING",
+    "uniform",
+    "MODEL.POINT_HEAD.DETACH_DEPTH",
+    False,
+    "MODEL.POINT_HEAD.CONSISTENCY_DIRECTION",
+    "both",
+)
+
+
 def tiny_cfg(config_file="configs/synthetic/curriculum_R18_FPN.yaml", *overrides):
     """The synthetic R18-FPN config (or ``config_file``) shrunk for CPU tests."""
     cfg = get_cfg()

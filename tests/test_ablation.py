@@ -2,6 +2,7 @@
 mean ± std over seeds, resumable runs."""
 
 import json
+import os
 
 import pytest
 import yaml
@@ -12,12 +13,18 @@ from panoptic_curriculum.engine.ablation import (
     plan_budget,
     results_table,
     run_ablation,
+    variant_config,
 )
+from panoptic_curriculum.config import load_config
 
 from panoptic_curriculum.engine.run_record import ConfigMismatchError, record_diff
 
-from model_utils import tiny_cfg
+from model_utils import POINT_TRAINING_DEFAULTS, tiny_cfg
 from test_curriculum import _cfg
+
+MAIN_CONFIG = os.path.join(
+    os.path.dirname(__file__), "..", "configs", "synthetic", "curriculum_R18_FPN.yaml"
+)
 
 
 def test_plan_gives_every_variant_the_curriculums_seconds():
@@ -63,6 +70,25 @@ def test_single_task_variants_build_only_their_task():
     assert on("instance_only")["MODEL.PANOPTIC_CURRICULUM.SEM_SEG_ON"] is False
     assert on("depth_only")["MODEL.PANOPTIC_CURRICULUM.DEPTH_ON"] is True
     assert on("depth_only")["MODEL.POINT_HEAD.ENABLED"] is False
+
+
+def test_point_training_variants_mean_the_same_whatever_the_config_sets():
+    """The point-branch variants set sampling, depth detaching and L_consist's direction
+    explicitly, so that changing a config's defaults does not change what a variant is."""
+    cfg = load_config(MAIN_CONFIG)
+    keys = ("SAMPLING", "DETACH_DEPTH", "CONSISTENCY_DIRECTION")
+    expected = {
+        "curriculum_point_uniform": ("uniform", False, "both"),
+        "curriculum_point_balanced": ("class_balanced", True, "both"),
+        "curriculum_point_balanced_to_3d": ("class_balanced", True, "to_3d"),
+        "curriculum_better_teaches": ("class_balanced", True, "better_teaches"),
+    }
+    for name, values in expected.items():
+        c = variant_config(cfg, name, 0, "out", {"semantic": 1})
+        assert tuple(getattr(c.MODEL.POINT_HEAD, k) for k in keys) == values, name
+    # the main job's config is the measured best of the three
+    main = tuple(getattr(cfg.MODEL.POINT_HEAD, k) for k in keys)
+    assert main == expected["curriculum_point_balanced_to_3d"]
 
 
 def test_ablation_runs_measures_and_resumes(small_split, tmp_path):
@@ -148,7 +174,7 @@ def test_ablation_runs_measures_and_resumes(small_split, tmp_path):
 def test_record_lacking_a_key_at_its_default_is_not_a_difference():
     """A key added to the plugin after a run was recorded matches when left at its default
     (old runs stay evaluable); set to anything else it is a difference."""
-    cfg = tiny_cfg()
+    cfg = tiny_cfg("configs/synthetic/curriculum_R18_FPN.yaml", *POINT_TRAINING_DEFAULTS)
     recorded = yaml.safe_load(cfg.dump())
     del recorded["MODEL"]["POINT_HEAD"]["SAMPLING"]
     assert record_diff(recorded, cfg) == []

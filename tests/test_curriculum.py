@@ -54,6 +54,12 @@ def test_stage_configs(tmp_path):
     )
     assert inst.MODEL.FREEZE.PREFIXES == ["backbone"]
     assert inst.MODEL.WEIGHTS == os.path.join(str(tmp_path), "semantic", "model_final.pth")
+    assert inst.SOLVER.BASE_LR == pytest.approx(
+        cfg.SOLVER.BASE_LR * cfg.CURRICULUM.INSTANCE_LR_FACTOR
+    )
+    cfg.CURRICULUM.INSTANCE_LR_FACTOR = 3.0
+    assert stage_config(cfg, "instance").SOLVER.BASE_LR == pytest.approx(3 * cfg.SOLVER.BASE_LR)
+    assert stage_config(cfg, "semantic").SOLVER.BASE_LR == pytest.approx(cfg.SOLVER.BASE_LR)
     joint = stage_config(cfg, "joint")
     assert joint.SOLVER.BASE_LR == pytest.approx(
         cfg.SOLVER.BASE_LR * cfg.CURRICULUM.JOINT_LR_FACTOR

@@ -9,7 +9,7 @@ from detectron2.utils.events import EventStorage
 from panoptic_curriculum.modeling.postprocessing import fuse_panoptic, instance_depth_and_centroid
 from panoptic_curriculum.geometry import backproject
 
-from model_utils import NUM_CLASSES, fake_sample, tiny_cfg
+from model_utils import NUM_CLASSES, POINT_TRAINING_DEFAULTS, fake_sample, tiny_cfg
 
 ALL_LOSSES = {
     "loss_sem_seg",
@@ -152,21 +152,39 @@ def test_point_branch_requires_its_inputs():
         )
 
 
-def test_consistency_gradient_reaches_every_part(model):
+def _consistency_grad_norms(model):
     model.zero_grad()
     losses = _train_losses(model, [fake_sample(seed=0), fake_sample(seed=4)])
     losses["loss_consistency"].backward()
-
-    def grad_norm(prefix):
-        return sum(
+    norms = {}
+    for part in ("sem_seg_head", "point_head", "depth_head", "backbone", "roi_heads"):
+        norms[part] = sum(
             p.grad.abs().sum().item()
             for n, p in model.named_parameters()
-            if n.startswith(prefix) and p.grad is not None
+            if n.startswith(part) and p.grad is not None
         )
+    return norms
 
+
+def test_consistency_gradient_reaches_every_part():
+    """With the plugin's defaults (L_consist both ways, the depth not detached)."""
+    torch.manual_seed(0)
+    both = build_model(
+        tiny_cfg("configs/synthetic/curriculum_R18_FPN.yaml", *POINT_TRAINING_DEFAULTS)
+    )
+    norms = _consistency_grad_norms(both)
     for part in ("sem_seg_head", "point_head", "depth_head", "backbone"):
-        assert grad_norm(part) > 0, part
-    assert grad_norm("roi_heads") == 0  # not part of L_consist
+        assert norms[part] > 0, part
+    assert norms["roi_heads"] == 0  # not part of L_consist
+
+
+def test_main_config_consistency_teaches_the_point_network_only(model):
+    """The main job's config: the 2D head teaches the point network; neither the 2D side,
+    the encoder nor the depth head gets L_consist's gradient."""
+    norms = _consistency_grad_norms(model)
+    assert norms["point_head"] > 0
+    for part in ("sem_seg_head", "depth_head", "backbone", "roi_heads"):
+        assert norms[part] == 0, part
 
 
 def test_inference_outputs_shapes_and_units(model):

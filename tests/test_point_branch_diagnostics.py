@@ -13,7 +13,13 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from model_utils import NUM_CLASSES, TINY_OPTS, fake_sample, tiny_cfg
+from model_utils import (
+    NUM_CLASSES,
+    POINT_TRAINING_DEFAULTS,
+    TINY_OPTS,
+    fake_sample,
+    tiny_cfg,
+)
 from panoptic_curriculum.evaluation.point_branch import (
     average_diagnostics,
     diagnostics_markdown,
@@ -31,8 +37,9 @@ CLASSES = [f"c{i}" for i in range(NUM_CLASSES)]
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return build_model(tiny_cfg())
+    torch.manual_seed(0)  # L_consist both ways, the depth not detached: every route is open
+    cfg = tiny_cfg("configs/synthetic/curriculum_R18_FPN.yaml", *POINT_TRAINING_DEFAULTS)
+    return build_model(cfg)
 
 
 def _batch(seed):

@@ -8,10 +8,14 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from model_utils import NUM_CLASSES, fake_sample, tiny_cfg
+from model_utils import NUM_CLASSES, POINT_TRAINING_DEFAULTS, fake_sample, tiny_cfg
 from panoptic_curriculum import load_config
 from panoptic_curriculum.evaluation.point_branch import point_branch_diagnostics
-from panoptic_curriculum.modeling.point_head import class_balanced_weights, sample_pixels
+from panoptic_curriculum.modeling.point_head import (
+    class_balanced_weights,
+    route_to_better_teacher,
+    sample_pixels,
+)
 
 CLASSES = [f"c{i}" for i in range(NUM_CLASSES)]
 
@@ -57,7 +61,9 @@ def test_weighted_sampling_follows_the_weights():
 
 def _grads(*overrides):
     torch.manual_seed(0)
-    model = build_model(tiny_cfg("configs/synthetic/curriculum_R18_FPN.yaml", *overrides))
+    config = "configs/synthetic/curriculum_R18_FPN.yaml"
+    cfg = tiny_cfg(config, *POINT_TRAINING_DEFAULTS, *overrides)
+    model = build_model(cfg)
     torch.manual_seed(1)
     batch = [fake_sample(seed=0), fake_sample(seed=1, num_instances=1)]
     return point_branch_diagnostics(model, [batch], CLASSES)
@@ -81,6 +87,33 @@ def test_consistency_direction_and_detached_depth_route_the_gradients():
     assert detached["gradients"]["loss_sem_seg_3d"]["depth head"] == 0
     assert detached["gradients"]["loss_consistency"]["depth head"] == 0
     assert detached["gradients"]["loss_depth"]["depth head"] > 0
+
+
+def test_better_side_teaches_per_point():
+    """Point 0: the 3D side is right, the 2D side wrong -> only the 2D logits get L_consist's
+    gradient there. Point 1: the 2D side is right -> only the 3D logits. Point 2 is ignored
+    (label 255) and point 3 is padding: the 3D side never teaches there."""
+    logits_2d = torch.tensor([[[0.0, 3.0], [3.0, 0.0], [0.0, 3.0], [0.0, 3.0]]])
+    logits_3d = torch.tensor([[[3.0, 0.0], [0.0, 3.0], [3.0, 0.0], [3.0, 0.0]]])
+    labels = torch.tensor([[0, 0, 255, 0]])
+    valid = torch.tensor([[True, True, True, False]])
+    a, b = logits_2d.clone().requires_grad_(), logits_3d.clone().requires_grad_()
+    l2, l3, teaches_2d = route_to_better_teacher(a, b, labels, valid)
+    assert teaches_2d.tolist() == [[True, False, False, False]]
+    assert torch.equal(l2, logits_2d) and torch.equal(l3, logits_3d)
+    (l2.square().sum() + l3.square().sum()).backward()
+    assert a.grad[0, 0].abs().sum() > 0 and b.grad[0, 0].abs().sum() == 0
+    assert a.grad[0, 1].abs().sum() == 0 and b.grad[0, 1].abs().sum() > 0
+    assert a.grad[0, 2:].abs().sum() == 0  # never the 2D side's lesson where 3D cannot teach
+    with pytest.raises(ValueError, match="Shape mismatch"):
+        route_to_better_teacher(a, b, labels[:, :3], valid)
+
+
+def test_better_teaches_trains_both_sides_in_the_model():
+    routed = _grads("MODEL.POINT_HEAD.CONSISTENCY_DIRECTION", "better_teaches")
+    assert routed["gradients"]["loss_consistency"]["point head"] > 0
+    # a random model's 3D side beats its 2D side at some points: the 2D head learns there
+    assert routed["gradients"]["loss_consistency"]["2D head"] > 0
 
 
 def test_class_balanced_sampling_puts_points_on_small_objects():

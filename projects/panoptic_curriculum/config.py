@@ -164,8 +164,11 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     # Weight of L_consist.
     cfg.MODEL.POINT_HEAD.CONSISTENCY_WEIGHT = 1.0
     # Which side L_consist teaches: "both" (neither side detached), "to_3d" (the 2D logits
-    # are detached: the 2D head teaches the point head) or "to_2d" (the 3D logits are
-    # detached: the point head teaches the 2D head).
+    # are detached: the 2D head teaches the point head), "to_2d" (the 3D logits are
+    # detached: the point head teaches the 2D head) or "better_teaches" (per point, the side
+    # giving the point's label the higher probability is detached and teaches the other:
+    # the point network trains the 2D head only where it is the more correct of the two;
+    # the share of such points is logged as point_branch/3d_teaches_2d_fraction).
     cfg.MODEL.POINT_HEAD.CONSISTENCY_DIRECTION = "both"
     # Which pixels the branch samples in training: "uniform" (every valid pixel alike) or
     # "class_balanced" (each class present in the image gets the same expected share of
@@ -204,6 +207,9 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     # instance dataset without semantic labels or depth. (The joint stage needs every label
     # and trains on DATASETS.TRAIN.)
     cfg.CURRICULUM.INSTANCE_DATASETS = ()
+    # Base learning rate of the instance stage (a new Mask R-CNN decoder on the frozen
+    # encoder), as a factor of SOLVER.BASE_LR.
+    cfg.CURRICULUM.INSTANCE_LR_FACTOR = 1.0
     # Base learning rate of the joint fine-tuning stage (after merge), as a factor of
     # SOLVER.BASE_LR; joint training without a merge stage uses SOLVER.BASE_LR.
     cfg.CURRICULUM.JOINT_LR_FACTOR = 0.1

@@ -266,6 +266,7 @@ def _check_curriculum(c: _Checker) -> None:
     )
     for key in ("SEMANTIC_ITER", "INSTANCE_ITER", "JOINT_ITER"):
         c.int_at_least("CURRICULUM." + key, 1, "solver iterations of the stage")
+    c.number("CURRICULUM.INSTANCE_LR_FACTOR", 0.0, "factor of SOLVER.BASE_LR", strict=True)
     c.number("CURRICULUM.JOINT_LR_FACTOR", 0.0, "factor of SOLVER.BASE_LR", strict=True)
     c.int_at_least("CURRICULUM.POINT_CLOUD_DUMP_PERIOD", 0, "iterations; 0 never")
 

@@ -216,6 +216,10 @@ def _config_error(*opts) -> str:
             ("CURRICULUM.JOINT_LR_FACTOR", "0.0"),
             "CURRICULUM.JOINT_LR_FACTOR = 0.0: allowed a finite number > 0.0",
         ),
+        (
+            ("CURRICULUM.INSTANCE_LR_FACTOR", "-2.0"),
+            "CURRICULUM.INSTANCE_LR_FACTOR = -2.0: allowed a finite number > 0.0",
+        ),
         (("SOLVER.IMS_PER_BATCH", "0"), "SOLVER.IMS_PER_BATCH = 0: allowed an integer >= 1"),
         (
             ("SOLVER.CHECKPOINT_PERIOD", "0"),

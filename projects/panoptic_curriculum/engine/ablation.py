@@ -17,11 +17,20 @@ Variants (``VARIANTS``):
 * ``curriculum_no_consist``: the point branch on, L_consist weighted 0;
 * ``curriculum_learned_weights``: learned loss weights (homoscedastic uncertainty,
   ``MODEL.PANOPTIC_CURRICULUM.LOSS_WEIGHTING uncertainty``) instead of the fixed ones;
+* ``curriculum_point_uniform``: the point branch as the plugin's defaults train it: uniform
+  point sampling, L_3D-seg and L_consist also train the depth head, L_consist both ways (the
+  synthetic main job's config until it was measured against the next two);
 * ``curriculum_point_balanced``: the point branch with class-balanced point sampling (every
   class in an image gets the same expected share of the points) and lifted from a detached
-  copy of the predicted depth (L_3D-seg and L_consist do not train the depth head);
+  copy of the predicted depth (L_3D-seg and L_consist do not train the depth head),
+  L_consist both ways;
 * ``curriculum_point_balanced_to_3d``: the same, with L_consist one way, the 2D head
   teaching the point network (``CONSISTENCY_DIRECTION to_3d``: no gradient to the 2D side);
+  the synthetic main job's config;
+* ``curriculum_better_teaches``: the same, with L_consist routed per point: the side that
+  gives the point's label the higher probability teaches the other
+  (``CONSISTENCY_DIRECTION better_teaches``), so the point network trains the 2D head only
+  where it is the more correct of the two;
 * ``joint_scratch``: the whole multi-task model trained jointly from random initialisation;
 * ``semantic_only``, ``instance_only``, ``depth_only``: one task, one model.
 
@@ -97,6 +106,19 @@ def _only(sem: bool, inst: bool, depth: bool) -> List:
     ]
 
 
+def _point_training(sampling: str, detach_depth: bool, direction: str) -> List:
+    """How the point branch trains, every key set (a variant means the same whatever the
+    config sets)."""
+    return [
+        "MODEL.POINT_HEAD.SAMPLING",
+        sampling,
+        "MODEL.POINT_HEAD.DETACH_DEPTH",
+        detach_depth,
+        "MODEL.POINT_HEAD.CONSISTENCY_DIRECTION",
+        direction,
+    ]
+
+
 VARIANTS: Dict[str, Variant] = {
     "curriculum": Variant(True),
     "curriculum_no_point": Variant(True, _POINT_OFF),
@@ -104,19 +126,13 @@ VARIANTS: Dict[str, Variant] = {
     "curriculum_learned_weights": Variant(
         True, ["MODEL.PANOPTIC_CURRICULUM.LOSS_WEIGHTING", "uncertainty"]
     ),
-    "curriculum_point_balanced": Variant(
-        True, ["MODEL.POINT_HEAD.SAMPLING", "class_balanced", "MODEL.POINT_HEAD.DETACH_DEPTH", True]
-    ),
+    "curriculum_point_uniform": Variant(True, _point_training("uniform", False, "both")),
+    "curriculum_point_balanced": Variant(True, _point_training("class_balanced", True, "both")),
     "curriculum_point_balanced_to_3d": Variant(
-        True,
-        [
-            "MODEL.POINT_HEAD.SAMPLING",
-            "class_balanced",
-            "MODEL.POINT_HEAD.DETACH_DEPTH",
-            True,
-            "MODEL.POINT_HEAD.CONSISTENCY_DIRECTION",
-            "to_3d",
-        ],
+        True, _point_training("class_balanced", True, "to_3d")
+    ),
+    "curriculum_better_teaches": Variant(
+        True, _point_training("class_balanced", True, "better_teaches")
     ),
     "joint_scratch": Variant(False),
     "semantic_only": Variant(False, _only(True, False, False), ("sem_seg",)),

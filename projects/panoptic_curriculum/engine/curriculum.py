@@ -6,7 +6,8 @@ Stages (``CURRICULUM.STAGES``, in this order):
   end with L_2D-seg + L_depth + L_3D-seg + L_consist; the instance decoder is not built.
 * ``instance``: the encoder is frozen (no gradients, no stored activations, fixed
   normalisation) and feeds a randomly initialised Mask R-CNN decoder, the only part that
-  trains; the semantic, depth and point heads are not built (not run).
+  trains, at ``CURRICULUM.INSTANCE_LR_FACTOR`` times the learning rate; the semantic, depth
+  and point heads are not built (not run).
 * ``merge``: encoder, semantic decoder (+ depth, point heads) and instance decoder combined
   into one multi-task checkpoint, then evaluated.
 * ``joint`` (optional, claim 19): everything fine-tuned from the merged checkpoint, at
@@ -103,6 +104,7 @@ def stage_config(cfg: CfgNode, stage: str, root: Optional[str] = None) -> CfgNod
         c.MODEL.FREEZE.PREFIXES = sorted(set(cfg.MODEL.FREEZE.PREFIXES) | {"backbone"})
         c.MODEL.WEIGHTS = _final_checkpoint(root, "semantic")
         c.SOLVER.MAX_ITER = cfg.CURRICULUM.INSTANCE_ITER
+        c.SOLVER.BASE_LR = cfg.SOLVER.BASE_LR * cfg.CURRICULUM.INSTANCE_LR_FACTOR
     elif stage == "merge":
         c.MODEL.WEIGHTS = _final_checkpoint(root, "merge")
         c.SOLVER.MAX_ITER = 0

@@ -4,7 +4,8 @@ would train something else than what the folder holds.
 
 What is compared is a stage's config as :func:`~.curriculum.stage_config` derives it, not the
 curriculum config: ``CURRICULUM.SEMANTIC_ITER`` shows up as the semantic stage's
-``SOLVER.MAX_ITER``, ``CURRICULUM.JOINT_LR_FACTOR`` as the joint stage's ``SOLVER.BASE_LR``.
+``SOLVER.MAX_ITER``, ``CURRICULUM.INSTANCE_LR_FACTOR`` and ``JOINT_LR_FACTOR`` as the
+instance and joint stages' ``SOLVER.BASE_LR``.
 Every key is training-relevant except the **evaluation-only** ones, which may differ between
 runs of one folder because they do not change the weights a stage trains:
 

@@ -30,6 +30,7 @@ from .point_head import (
     class_balanced_weights,
     consistency_loss,
     point_cross_entropy,
+    route_to_better_teacher,
     sample_pixels,
 )
 from .postprocessing import channel_argmax, postprocess_image
@@ -37,7 +38,7 @@ from .postprocessing import channel_argmax, postprocess_image
 __all__ = ["PanopticCurriculumModel", "CONSISTENCY_DIRECTIONS", "POINT_SAMPLING"]
 
 #: MODEL.POINT_HEAD.CONSISTENCY_DIRECTION: which side of L_consist receives its gradient
-CONSISTENCY_DIRECTIONS = ("both", "to_3d", "to_2d")
+CONSISTENCY_DIRECTIONS = ("both", "to_3d", "to_2d", "better_teaches")
 #: MODEL.POINT_HEAD.SAMPLING: training-time pixel sampling of the point branch
 POINT_SAMPLING = ("uniform", "class_balanced")
 
@@ -162,8 +163,10 @@ class PanopticCurriculumModel(nn.Module):
             instance_loss_weight: weight of every Mask R-CNN loss.
             point_loss_weight, consistency_weight: weights of L_3D-seg and L_consist.
             consistency_loss: "js", "sym_kl" or "l2" (see ``point_head.consistency_loss``).
-            consistency_direction: "both", "to_3d" (2D logits detached in L_consist) or
-                "to_2d" (3D logits detached).
+            consistency_direction: "both", "to_3d" (2D logits detached in L_consist),
+                "to_2d" (3D logits detached) or "better_teaches" (per point, the side that
+                gives the label the higher probability is detached and teaches the other;
+                :func:`point_head.route_to_better_teacher`).
             point_sampling: training-time pixel sampling, "uniform" or "class_balanced"
                 (:func:`point_head.class_balanced_weights`).
             detach_depth: lift a detached depth, so that the point-branch losses do not
@@ -513,6 +516,14 @@ class PanopticCurriculumModel(nn.Module):
                 logits_2d = logits_2d.detach()
             elif self.consistency_direction == "to_2d":
                 logits_3d = logits_3d.detach()
+            elif self.consistency_direction == "better_teaches":
+                logits_2d, logits_3d, teaches_2d = route_to_better_teacher(
+                    logits_2d, logits_3d, labels, out["point_valid"]
+                )
+                share = teaches_2d.sum() / out["point_valid"].sum().clamp(min=1)
+                get_event_storage().put_scalar(
+                    "point_branch/3d_teaches_2d_fraction", share, smoothing_hint=True
+                )
             losses["loss_consistency"] = self.consistency_weight * consistency_loss(
                 logits_2d, logits_3d, out["point_valid"], self.consistency_kind
             )

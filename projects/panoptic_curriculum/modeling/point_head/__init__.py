@@ -1,7 +1,12 @@
 """Point-cloud branch: PointNet++ segmentation of the back-projected depth, its point-cloud
 operators and its losses (L_3D-seg, L_consist)."""
 
-from .losses import CONSISTENCY_KINDS, consistency_loss, point_cross_entropy
+from .losses import (
+    CONSISTENCY_KINDS,
+    consistency_loss,
+    point_cross_entropy,
+    route_to_better_teacher,
+)
 from .ops import (
     ball_query,
     farthest_point_sample,
@@ -28,6 +33,7 @@ __all__ = [
     "build_point_head",
     "add_point_head_config",
     "PointNet2SegHead",
+    "route_to_better_teacher",
     "SharedMLP",
     "MaskedBatchNorm",
     "MaskedGroupNorm",

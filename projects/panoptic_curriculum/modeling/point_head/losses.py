@@ -14,7 +14,12 @@ import math
 import torch
 from torch.nn import functional as F
 
-__all__ = ["point_cross_entropy", "consistency_loss", "CONSISTENCY_KINDS"]
+__all__ = [
+    "point_cross_entropy",
+    "consistency_loss",
+    "route_to_better_teacher",
+    "CONSISTENCY_KINDS",
+]
 
 CONSISTENCY_KINDS = ("sym_kl", "js", "l2")
 
@@ -104,3 +109,48 @@ def consistency_loss(
     else:  # "l2"
         per_point = (p - q).square().sum(dim=-1)
     return _masked_mean(per_point, keep)
+
+
+def route_to_better_teacher(
+    logits_2d: torch.Tensor,
+    logits_3d: torch.Tensor,
+    labels: torch.Tensor,
+    valid: torch.Tensor,
+):
+    """Per point, the side that gives the point's label the higher probability teaches the
+    other in L_consist: its logits are detached there, the other side's are not.
+
+    Where the point network is right and the 2D head is not (a ball the image alone takes
+    for a pillar), L_consist trains the 2D head; everywhere else it trains the point network,
+    so a 3D network weaker than the 2D head cannot pull the 2D head towards its mistakes.
+
+    Args:
+        logits_2d, logits_3d: ``[B, N, C]`` logits of the two sides at the same points.
+        labels: ``[B, N]`` long ground-truth class of each point; values outside ``[0, C)``
+            (ignore labels, padding) never make the 3D side the teacher.
+        valid: ``[B, N]`` bool.
+
+    Returns:
+        ``(logits_2d, logits_3d, teaches_2d)``: the two inputs, each detached where the
+        other side learns, and ``teaches_2d`` ``[B, N]`` bool, True where the point network
+        is the teacher. The forward values are unchanged.
+    """
+    if logits_2d.shape != logits_3d.shape or logits_2d.shape[:2] != labels.shape:
+        raise ValueError(
+            f"Shape mismatch: logits {tuple(logits_2d.shape)} / {tuple(logits_3d.shape)}, "
+            f"labels {tuple(labels.shape)}"
+        )
+    C = logits_2d.shape[-1]
+    known = valid.bool() & (labels >= 0) & (labels < C)
+    index = torch.where(known, labels, labels.new_zeros(())).unsqueeze(-1)
+    with torch.no_grad():
+        zero = logits_2d.new_zeros(())
+        p_2d = F.log_softmax(torch.where(known.unsqueeze(-1), logits_2d, zero).float(), -1)
+        p_3d = F.log_softmax(torch.where(known.unsqueeze(-1), logits_3d, zero).float(), -1)
+        teaches_2d = known & (p_3d.gather(-1, index) > p_2d.gather(-1, index)).squeeze(-1)
+    side = teaches_2d.unsqueeze(-1)
+    return (
+        torch.where(side, logits_2d, logits_2d.detach()),
+        torch.where(side, logits_3d.detach(), logits_3d),
+        teaches_2d,
+    )
