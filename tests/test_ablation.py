@@ -101,6 +101,8 @@ def test_ablation_runs_measures_and_resumes(small_split, tmp_path):
     assert set(content["results"]["semantic_only"]) == {0}
     assert "mIoU" in content["results"]["semantic_only"][0]["sem_seg"]
     assert "| semantic_only |" in (out / "ablation.md").read_text()
+    measured = "measured seconds per run (training and evaluation), mean over seeds: "
+    assert measured + "semantic_only " in (out / "ablation.md").read_text()
     # resumed: finished runs are read back, not retrained
     record = out / "semantic_only_seed0" / "ablation_result.json"
     data = json.loads(record.read_text())

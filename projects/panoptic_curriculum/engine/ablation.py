@@ -485,6 +485,23 @@ def run_ablation(
     return content
 
 
+def _measured_seconds(output, names, seeds, results) -> Dict[str, float]:
+    """Mean wall-clock seconds of the finished training runs of each variant in ``output``
+    (from their records; runs evaluated with ``--evaluate-from`` have none)."""
+    out = {}
+    for name in names:
+        values = []
+        for seed in seeds:
+            path = os.path.join(output, f"{name}_seed{seed}", RESULT)
+            if seed in results.get(name, {}) and os.path.isfile(path):
+                seconds = _read_json(path).get("seconds")
+                if seconds is not None:
+                    values.append(float(seconds))
+        if values:
+            out[name] = statistics.mean(values)
+    return out
+
+
 def _write_results(output, plan, names, seeds, results, per_class, evaluate_from=None) -> Dict:
     done = sorted({s for per_seed in results.values() for s in per_seed})
     budget = (
@@ -502,6 +519,14 @@ def _write_results(output, plan, names, seeds, results, per_class, evaluate_from
             " evaluated again with this config's evaluation settings"
         )
     )
+    measured = _measured_seconds(output, names, seeds, results)
+    if measured:
+        # the plan's step times come from a few steps of randomly initialised models; a
+        # model's step can get dearer as it learns (more foreground proposals for the mask
+        # head), so the seconds the runs actually took are reported next to the plan
+        budget += "; measured seconds per run (training and evaluation), mean over seeds: " + (
+            ", ".join(f"{n} {v:.0f}" for n, v in measured.items())
+        )
     table = results_table(results, per_class) + "\n\n" + budget + "\n"
     atomic_write_text(os.path.join(output, "ablation.md"), table)
     content = {"budget": budget, "plan": plan, "results": results}
