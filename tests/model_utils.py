@@ -6,6 +6,7 @@ from detectron2.config import get_cfg
 from detectron2.structures import BitMasks, Boxes, Instances
 
 from panoptic_curriculum import add_panoptic_curriculum_config
+from panoptic_curriculum.engine.ablation import VARIANTS
 
 NUM_THINGS, NUM_CLASSES = 4, 7
 
@@ -53,16 +54,10 @@ TINY_OPTS = [
 TINY_OVERRIDES = TINY_OPTS
 
 
-#: the plugin's defaults for how the point branch trains (the main job's config sets
-#: class-balanced sampling, a detached depth and L_consist to the 3D side only)
-POINT_TRAINING_DEFAULTS = (
-    "MODEL.POINT_HEAD.SAMPLING",
-    "uniform",
-    "MODEL.POINT_HEAD.DETACH_DEPTH",
-    False,
-    "MODEL.POINT_HEAD.CONSISTENCY_DIRECTION",
-    "both",
-)
+#: the plugin's defaults for how the point branch trains, as the ablation's variant sets them
+#: (the main job's config sets class-balanced sampling, a detached depth and L_consist to
+#: the 3D side only)
+POINT_TRAINING_DEFAULTS = tuple(VARIANTS["curriculum_point_uniform"].opts)
 
 
 def tiny_cfg(config_file="configs/synthetic/curriculum_R18_FPN.yaml", *overrides):

@@ -7,6 +7,8 @@ import os
 import pytest
 import yaml
 
+from detectron2.config import get_cfg
+
 from panoptic_curriculum.engine.ablation import (
     VARIANTS,
     measure_step_time,
@@ -15,7 +17,7 @@ from panoptic_curriculum.engine.ablation import (
     run_ablation,
     variant_config,
 )
-from panoptic_curriculum.config import load_config
+from panoptic_curriculum.config import add_panoptic_curriculum_config, load_config
 
 from panoptic_curriculum.engine.run_record import ConfigMismatchError, record_diff
 
@@ -86,6 +88,11 @@ def test_point_training_variants_mean_the_same_whatever_the_config_sets():
     for name, values in expected.items():
         c = variant_config(cfg, name, 0, "out", {"semantic": 1})
         assert tuple(getattr(c.MODEL.POINT_HEAD, k) for k in keys) == values, name
+    # curriculum_point_uniform is the plugin's defaults
+    plugin = get_cfg()
+    add_panoptic_curriculum_config(plugin)
+    plugin_defaults = tuple(getattr(plugin.MODEL.POINT_HEAD, k) for k in keys)
+    assert plugin_defaults == expected["curriculum_point_uniform"]
     # the main job's config is the measured best of the three
     main = tuple(getattr(cfg.MODEL.POINT_HEAD, k) for k in keys)
     assert main == expected["curriculum_point_balanced_to_3d"]
