@@ -208,6 +208,27 @@ def test_inference_outputs_shapes_and_units(model):
     assert ids == {s["id"] for s in segments}
 
 
+@pytest.mark.parametrize("output", ["sigmoid", "log_linear"])
+def test_depth_output_mapping(output):
+    """Both logit-to-depth mappings start at the geometric mean of the range and stay inside
+    it; the log-linear one has slope 1 in log depth everywhere, the sigmoid's fades far."""
+    cfg = tiny_cfg(
+        "configs/synthetic/curriculum_R18_FPN.yaml", "MODEL.DEPTH_HEAD.OUTPUT", output
+    )
+    head = build_model(cfg).depth_head
+    lo, hi = head.log_min, head.log_max
+    logit = torch.tensor([-1e3, -2.0, 0.0, 2.0, 1e3], requires_grad=True)
+    log_depth = head._log_depth(logit)
+    assert torch.allclose(log_depth[[0, 2, 4]], torch.tensor([lo, (lo + hi) / 2, hi]))
+    log_depth.sum().backward()
+    slope = logit.grad
+    if output == "log_linear":
+        assert torch.allclose(slope[1:4], torch.ones(3))
+        assert torch.allclose(log_depth[3] - log_depth[2], torch.tensor(2.0))
+    else:  # the sigmoid's slope at 2 (far) is under half its slope at 0
+        assert slope[3] < 0.5 * slope[2]
+
+
 def test_depth_is_camera_aware():
     """Canonical-focal scaling: the same image seen with twice the focal length is twice as
     deep; camera coordinates: the prediction depends on where each pixel looks."""

@@ -121,6 +121,9 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     # Predicted depth range (metres, of the canonical camera when CANONICAL_FOCAL > 0).
     cfg.MODEL.DEPTH_HEAD.MIN_DEPTH = 0.1
     cfg.MODEL.DEPTH_HEAD.MAX_DEPTH = 80.0
+    # Logit to log depth: "sigmoid" (bounded; its gradient fades near MAX_DEPTH) or
+    # "log_linear" (geometric mean of the range + logit, clamped to it: one slope everywhere).
+    cfg.MODEL.DEPTH_HEAD.OUTPUT = "sigmoid"
     # Loss: "silog" (scale-invariant log), "l1_log" (L1 on log depth) or "l1" (metres).
     cfg.MODEL.DEPTH_HEAD.LOSS_TYPE = "silog"
     # Variance weight lambda of the scale-invariant log loss (0: plain L2 on log depth).

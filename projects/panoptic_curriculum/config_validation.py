@@ -161,7 +161,7 @@ def _check_branches(c: _Checker) -> None:
 
 def _check_depth_head(c: _Checker) -> None:
     from .geometry import MIN_FOCAL_PX
-    from .modeling.depth_head import _LOSS_TYPES
+    from .modeling.depth_head import _LOSS_TYPES, _OUTPUTS
 
     dh = "MODEL.DEPTH_HEAD."
     c.check(
@@ -180,6 +180,7 @@ def _check_depth_head(c: _Checker) -> None:
             f"a finite number > MODEL.DEPTH_HEAD.MIN_DEPTH = {low} (metres)",
         )
     c.one_of(dh + "LOSS_TYPE", _LOSS_TYPES, "depth loss")
+    c.one_of(dh + "OUTPUT", _OUTPUTS, "depth output mapping")
     c.number(dh + "SILOG_LAMBDA", 0.0, "variance weight of the silog loss", high=1.0)
     c.number(dh + "LOSS_WEIGHT", 0.0, "weight of loss_depth")
     c.check(

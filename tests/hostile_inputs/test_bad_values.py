@@ -6,7 +6,8 @@ Config values (``load_config`` -> ``validate_config``; message ``KEY = value: al
 * ``CURRICULUM.SEMANTIC_ITER / INSTANCE_ITER / JOINT_ITER 0`` (was a ZeroDivisionError);
 * ``CURRICULUM.STAGES []`` (did nothing and exited 0), an unknown stage, a repeated stage;
 * unknown loss names: ``MODEL.POINT_HEAD.CONSISTENCY_LOSS``, ``MODEL.DEPTH_HEAD.LOSS_TYPE``,
-  ``MODEL.SEM_SEG_HEAD.LOSS_TYPE``; an unknown ``MODEL.POINT_HEAD.NORM``;
+  ``MODEL.SEM_SEG_HEAD.LOSS_TYPE``; an unknown ``MODEL.POINT_HEAD.NORM`` or
+  ``MODEL.DEPTH_HEAD.OUTPUT``;
 * point-head level lists of different lengths; non-positive SA entries; negative radius;
 * depth ranges: ``MODEL.DEPTH_HEAD.MIN_DEPTH`` 0 or >= ``MAX_DEPTH``,
   ``INPUT.DEPTH.MAX_DEPTH`` <= ``MIN_DEPTH``; ``INPUT.DEPTH.MISSING`` unknown;
@@ -107,6 +108,10 @@ def _config_error(*opts) -> str:
         (
             ("MODEL.DEPTH_HEAD.LOSS_TYPE", "l2"),
             "MODEL.DEPTH_HEAD.LOSS_TYPE = 'l2': allowed one of 'silog', 'l1_log', 'l1'",
+        ),
+        (
+            ("MODEL.DEPTH_HEAD.OUTPUT", "softplus"),
+            "MODEL.DEPTH_HEAD.OUTPUT = 'softplus': allowed one of 'sigmoid', 'log_linear'",
         ),
         (
             ("MODEL.SEM_SEG_HEAD.LOSS_TYPE", "focal"),
