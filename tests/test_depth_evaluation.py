@@ -340,3 +340,55 @@ def test_diagnostics_bad_bins_raise():
         DepthEvaluator("x", focal_bins=[])
     with pytest.raises(ValueError, match="near_far_threshold"):
         DepthEvaluator("x", near_far_threshold=0)
+
+
+def test_diagnostics_per_class_known_answers(tmp_path, caplog):
+    """Depth error grouped by the ground-truth class of each pixel (the label map given by
+    ``sem_seg_file_name``); the ignore label and images without a usable map count in no
+    class, a map of the wrong size is reported."""
+    gt = np.array([[2.0, 4.0, 20.0], [2.0, 4.0, 20.0]])
+    pred = np.array([[2.0, 4.4, 10.0], [2.0, 4.4, 10.0]])  # class 0 exact, 1 +10 %, 2 -50 %
+    labels = np.array([[0, 1, 2], [0, 255, 2]], dtype=np.uint8)  # one class-1 pixel ignored
+    a = make_dict(tmp_path, "a", gt)
+    a["sem_seg_file_name"] = os.path.join(str(tmp_path), "a_sem.png")
+    assert cv2.imwrite(a["sem_seg_file_name"], labels)
+    b = make_dict(tmp_path, "b", gt)  # no label map: in the distance bins, in no class
+    c = make_dict(tmp_path, "c", gt)
+    c["sem_seg_file_name"] = os.path.join(str(tmp_path), "c_sem.png")
+    assert cv2.imwrite(c["sem_seg_file_name"], np.zeros((3, 3), np.uint8))
+    with caplog.at_level("INFO"):
+        res = run_eval([a, b, c], [pred, pred, pred], class_names=["near", "mid", "wall"])
+    diag = res["depth_diagnostics"]
+    approx = lambda v: pytest.approx(v, rel=1e-5, abs=1e-9)  # noqa: E731
+    assert diag["AbsRel_cls-near"] == approx(0.0) and diag["d1_cls-near"] == 1.0
+    assert diag["AbsRel_cls-mid"] == approx(0.1) and diag["d1_cls-mid"] == 1.0
+    assert diag["log_ratio_cls-wall"] == approx(math.log(0.5)) and diag["d1_cls-wall"] == 0.0
+    assert diag["frac_cls-near"] == approx(2 / 5) and diag["frac_cls-mid"] == approx(1 / 5)
+    assert diag["frac_0-5m"] == approx(12 / 18)  # all three images in the distance bins
+    assert "by ground-truth class" in caplog.text
+    assert "c_sem.png" in caplog.text and "differ in size" in caplog.text
+    # without class names: no per-class keys, label maps unread
+    assert not any("cls-" in k for k in run_eval([a], [pred])["depth_diagnostics"])
+
+
+def test_distance_trend_known_answers():
+    from panoptic_curriculum.evaluation.depth_diagnostics import distance_trend
+
+    g = np.array([16.0, 20.0, 25.0, 30.0])
+    # a model that predicts 22 m for every surface: slope 0, near too far, far too near
+    flat = distance_trend(g, np.log(22.0 / g), edges=(15, 20, 25))
+    assert flat["slope"] == pytest.approx(0.0, abs=1e-9)
+    assert [b["images"] for b in flat["bins"]] == [1, 1, 2]
+    assert flat["bins"][0]["log_ratio"] == pytest.approx(math.log(22 / 16))
+    far = (math.log(22 / 25) + math.log(22 / 30)) / 2
+    assert flat["bins"][2]["log_ratio"] == pytest.approx(far)
+    # a model that is 10 % too near everywhere still follows the depth: slope 1
+    assert distance_trend(g, np.full(4, math.log(0.9)), edges=(0,))["slope"] == pytest.approx(1.0)
+    # half-way: pred = sqrt(22 * g)
+    assert distance_trend(g, 0.5 * np.log(22.0 / g), edges=(0,))["slope"] == pytest.approx(0.5)
+    empty = distance_trend([], [], edges=(0, 10))
+    assert math.isnan(empty["slope"]) and empty["bins"][0]["images"] == 0
+    with pytest.raises(ValueError, match="one log ratio per depth"):
+        distance_trend([1.0, 2.0], [0.0], edges=(0,))
+    with pytest.raises(ValueError, match="finite depths > 0"):
+        distance_trend([0.0, 2.0], [0.0, 0.0], edges=(0,))

@@ -229,6 +229,37 @@ def test_depth_output_mapping(output):
         assert slope[3] < 0.5 * slope[2]
 
 
+@pytest.mark.parametrize("global_context", [False, True])
+def test_depth_global_context_reaches_far_pixels(global_context):
+    """With MODEL.DEPTH_HEAD.GLOBAL_CONTEXT a change in one corner of the coarsest feature map
+    moves the depth at the opposite corner; without it the head's local convolutions do not
+    reach that far (no normalisation in the head here: GroupNorm's statistics are image-wide
+    too)."""
+    cfg = tiny_cfg(
+        "configs/synthetic/curriculum_R18_FPN.yaml",
+        "MODEL.DEPTH_HEAD.GLOBAL_CONTEXT",
+        global_context,
+        "MODEL.DEPTH_HEAD.NORM",
+        "",
+    )
+    head = build_model(cfg).depth_head.eval()
+    with torch.no_grad():
+        head.predictor.weight.normal_(0, 0.1)  # a trained head's predictor, not the init's
+    size, shapes = 256, head.lateral
+    g = torch.Generator().manual_seed(0)
+    strides = {"p2": 4, "p3": 8, "p4": 16, "p5": 32}
+    feats = {
+        k: torch.randn(1, m.in_channels, size // strides[k], size // strides[k], generator=g)
+        for k, m in shapes.items()
+    }
+    with torch.no_grad():
+        before = head(feats, (size, size))
+        feats["p5"][..., 0, 0] += 5.0
+        after = head(feats, (size, size))
+    moved = (after[0, -1, -1] - before[0, -1, -1]).abs()
+    assert (moved > 1e-4) == global_context
+
+
 def test_depth_is_camera_aware():
     """Canonical-focal scaling: the same image seen with twice the focal length is twice as
     deep; camera coordinates: the prediction depends on where each pixel looks."""

@@ -227,6 +227,22 @@ def runs(setup):
             "SOLVER.BASE_LR",
             "0.1",
         ],
+        "depth_trend": [
+            os.path.join(TOOLS, "depth_trend.py"),
+            "--config-file",
+            setup["config"],
+            "--class",
+            "wall",
+            "--bins",
+            "0",
+            "10",
+            "20",
+            "--min-pixels",
+            "1",
+            "--output",
+            str(root / "depth_trend"),
+            *weights,
+        ],
         "plot_metrics": [
             os.path.join(TOOLS, "plot_metrics.py"),
             str(root / "curriculum"),
@@ -379,6 +395,19 @@ def test_analyze_model(setup, runs):
     assert report["activation"]["mactivations_mean"] > 0
     assert report["structure"] == str(model)
     assert "Total GMACs per image" in output and "Total parameters" in output
+
+
+def test_depth_trend(setup, runs):
+    """Per image, the wall's true depth and the model's error there, binned, with the slope;
+    written as json and markdown."""
+    output = check_run(runs, "depth_trend")
+    assert "slope of log predicted against log true depth" in output
+    result = json.loads((setup["root"] / "depth_trend" / "depth_trend.json").read_text())
+    assert result["class"] == "wall" and result["num_images"] == len(result["per_image"]) > 0
+    assert [b["bin"] for b in result["bins"]] == ["0-10m", "10-20m", "over20m"]
+    assert sum(b["images"] for b in result["bins"]) == result["num_images"]
+    assert all(p["depth"] > 0 for p in result["per_image"])
+    assert (setup["root"] / "depth_trend" / "depth_trend.md").is_file()
 
 
 def test_plot_metrics(setup, runs):

@@ -124,6 +124,9 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     # Logit to log depth: "sigmoid" (bounded; its gradient fades near MAX_DEPTH) or
     # "log_linear" (geometric mean of the range + logit, clamped to it: one slope everywhere).
     cfg.MODEL.DEPTH_HEAD.OUTPUT = "sigmoid"
+    # Add an image-level feature (global average of the coarsest level, 1x1 conv, ReLU) to
+    # every pixel's features, as ASPP's image pooling does.
+    cfg.MODEL.DEPTH_HEAD.GLOBAL_CONTEXT = False
     # Loss: "silog" (scale-invariant log), "l1_log" (L1 on log depth) or "l1" (metres).
     cfg.MODEL.DEPTH_HEAD.LOSS_TYPE = "silog"
     # Variance weight lambda of the scale-invariant log loss (0: plain L2 on log depth).

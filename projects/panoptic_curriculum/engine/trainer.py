@@ -182,6 +182,8 @@ class PanopticCurriculumTrainer(DefaultTrainer):
                     min_depth=cfg.INPUT.DEPTH.MIN_DEPTH,
                     max_depth=cfg.INPUT.DEPTH.MAX_DEPTH,
                     output_dir=output_folder,
+                    # depth error per ground-truth class, where the dataset has label maps
+                    class_names=meta.get("stuff_classes", None),
                 )
             )
         if not evaluators:

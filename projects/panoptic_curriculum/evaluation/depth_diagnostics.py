@@ -24,6 +24,10 @@ of all images that fall in the bin, so that a bin few images reach is not domina
   ``scale_share = log_scale_sq / log_mse`` (0: all shape, 1: all scale); and the metrics
   after dividing each image's prediction by its ``s`` (the usual median scaling):
   ``AbsRel_median_scaled``, ``d1_median_scaled``;
+* **by ground-truth class** (when the evaluator is given the class names and an image has a
+  semantic label map of the same size as its depth): the same four per class, suffixed
+  ``_cls-<name>`` (``frac`` over the labelled valid pixels; ignored pixels are in no class),
+  so a user sees, say, whether a distant wall or the thin objects carry the error;
 * **by camera focal length** (``fx`` of the original image, pixels; images binned whole):
   ``AbsRel_fx<lo>-<hi>``, ``d1_fx<lo>-<hi>``, ``scale_log_mean_fx<lo>-<hi>``,
   ``num_images_fx<lo>-<hi>`` (the last given bin ``fxover<lo>``). Without given edges the
@@ -43,6 +47,8 @@ __all__ = [
     "check_bin_edges",
     "distance_bin_names",
     "image_diagnostics",
+    "class_sums",
+    "distance_trend",
     "aggregate_diagnostics",
     "diagnostics_tables",
 ]
@@ -106,6 +112,36 @@ def _bin_sums(g, abs_rel, d1, r, edges) -> Dict[str, List[float]]:
         ("log_ratio", r),
     ):
         out[key] = torch.zeros(n, dtype=g.dtype).index_add_(0, index, value[inside]).tolist()
+    return out
+
+
+def class_sums(
+    p: torch.Tensor, g: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> Dict[str, List[float]]:
+    """Per-class pixel sums (count, AbsRel, δ<1.25 hits, log ratio) at the valid pixels.
+
+    Args:
+        p, g: ``[N]`` float64 prediction and ground truth (metres) as in
+            :func:`image_diagnostics`.
+        labels: ``[N]`` integer class ids of the same pixels; ids outside
+            ``[0, num_classes)`` (the ignore label) count in no class.
+    """
+    labels = labels.to(torch.int64)
+    r = torch.log(p) - torch.log(g)
+    abs_rel = (p - g).abs() / g
+    d1 = torch.maximum(p / g, g / p) < 1.25
+    inside = (labels >= 0) & (labels < num_classes)
+    index = labels[inside]
+    out = {}
+    for key, value in (
+        ("count", torch.ones_like(g)),
+        ("abs_rel", abs_rel),
+        ("d1", d1.to(g.dtype)),
+        ("log_ratio", r),
+    ):
+        out[key] = (
+            torch.zeros(num_classes, dtype=g.dtype).index_add_(0, index, value[inside]).tolist()
+        )
     return out
 
 
@@ -205,14 +241,20 @@ def aggregate_diagnostics(
     *,
     distance_bins: Sequence[float],
     focal_bins: Optional[Sequence[float]] = None,
+    class_names: Optional[Sequence[str]] = None,
 ) -> Dict[str, float]:
     """The flat ``"depth_diagnostics"`` dict (see the module docstring) from the per-image
-    records of :func:`image_diagnostics` (in any order: sums are correctly rounded)."""
+    records of :func:`image_diagnostics` (in any order: sums are correctly rounded); records
+    with a ``"classes"`` entry (:func:`class_sums`) give the per-class keys of
+    ``class_names``."""
     out: Dict[str, float] = {}
     if not records:
         return out
     out.update(_binned(records, "bins", distance_bin_names(distance_bins)))
     out.update(_binned(records, "near_far", ["near", "far"]))
+    labelled = [r for r in records if "classes" in r]
+    if class_names and labelled:
+        out.update(_binned(labelled, "classes", [f"cls-{c}" for c in class_names]))
     log_s = [math.log(r["median_ratio"]) for r in records]
     mean_log_s = _mean(log_s)
     out["scale_log_mean"] = mean_log_s
@@ -264,6 +306,26 @@ def diagnostics_tables(diag: Dict[str, float], distance_bins: Sequence[float]) -
             tablefmt="pipe",
         ),
     ]
+    classes = [k[len("frac_") :] for k in diag if k.startswith("frac_cls-")]
+    if classes:
+        text += [
+            "by ground-truth class (pixels pooled over the images with a label map):",
+            tabulate(
+                [
+                    [
+                        n[len("cls-") :],
+                        diag[f"frac_{n}"],
+                        diag[f"AbsRel_{n}"],
+                        diag[f"d1_{n}"],
+                        diag[f"log_ratio_{n}"],
+                    ]
+                    for n in classes
+                ],
+                headers=["class", "pixels", "AbsRel", "d<1.25", "log_ratio"],
+                floatfmt=".3f",
+                tablefmt="pipe",
+            ),
+        ]
     focal = [k[len("num_images_") :] for k in diag if k.startswith("num_images_fx")]
     if focal:
         text += [
@@ -301,3 +363,51 @@ def diagnostics_tables(diag: Dict[str, float], distance_bins: Sequence[float]) -
         )
     )
     return "\n".join(text)
+
+
+def distance_trend(
+    true_depth: Sequence[float], log_ratio: Sequence[float], edges: Sequence[float]
+) -> Dict:
+    """Does a model resolve how far a surface is, image by image?
+
+    Args:
+        true_depth: per image, a surface's ground-truth depth (metres, > 0; e.g. the median
+            over the pixels of one class).
+        log_ratio: per image, the model's error there, ``log(pred / gt)`` (e.g. the median
+            over the same pixels).
+        edges: increasing bin edges (metres) of ``true_depth``; the last bin is open-ended.
+
+    Returns:
+        ``{"bins": [{"bin", "images", "log_ratio"}], "slope", "num_images"}``: per bin the
+        number of images and their mean ``log_ratio`` (NaN when empty); ``slope`` of the
+        least-squares line of ``log(pred) = log(gt) + log_ratio`` against ``log(gt)`` over the
+        images: 1 when the model follows the true depth, 0 when it predicts one depth for
+        every image (NaN with fewer than two distinct depths).
+    """
+    edges = check_bin_edges(edges, "distance_trend edges")
+    g = torch.as_tensor(list(true_depth), dtype=torch.float64)
+    r = torch.as_tensor(list(log_ratio), dtype=torch.float64)
+    if g.shape != r.shape or g.dim() != 1:
+        raise ValueError(
+            f"distance_trend needs one log ratio per depth, got {tuple(g.shape)} depths and "
+            f"{tuple(r.shape)} ratios"
+        )
+    if g.numel() and not (torch.isfinite(g).all() and (g > 0).all() and torch.isfinite(r).all()):
+        raise ValueError("distance_trend needs finite depths > 0 and finite log ratios")
+    index = torch.bucketize(g, torch.as_tensor(edges, dtype=g.dtype), right=True) - 1
+    bins = []
+    for k, name in enumerate(distance_bin_names(edges)):
+        members = r[index == k]
+        bins.append(
+            {
+                "bin": name,
+                "images": int(members.numel()),
+                "log_ratio": float(members.mean()) if members.numel() else float("nan"),
+            }
+        )
+    x = torch.log(g)
+    y = x + r
+    dx = x - x.mean() if x.numel() else x
+    var = float((dx * dx).sum())
+    slope = float((dx * (y - y.mean())).sum()) / var if var > 0 else float("nan")
+    return {"bins": bins, "slope": slope, "num_images": int(g.numel())}

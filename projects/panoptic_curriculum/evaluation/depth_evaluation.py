@@ -44,10 +44,13 @@ import tempfile
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 
 from detectron2.evaluation.evaluator import DatasetEvaluator
 from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
 from ..data.depth_io import read_depth
@@ -56,6 +59,7 @@ from .depth_diagnostics import (
     aggregate_diagnostics,
     check_bin_edges,
     diagnostics_tables,
+    class_sums,
     image_diagnostics,
 )
 
@@ -105,6 +109,7 @@ class DepthEvaluator(DatasetEvaluator):
         distance_bins: Sequence[float] = DEFAULT_DISTANCE_BINS,
         near_far_threshold: float = 10.0,
         focal_bins: Optional[Sequence[float]] = None,
+        class_names: Optional[Sequence[str]] = None,
     ):
         """
         Args:
@@ -124,6 +129,12 @@ class DepthEvaluator(DatasetEvaluator):
             near_far_threshold: ground truth below it (metres) is "near", the rest "far".
             focal_bins: edges (pixels, increasing) of the focal-length bins, ``fx`` of the
                 original image; None: the tertiles of the evaluated images' ``fx``.
+            class_names: names of the semantic classes (contiguous ids, as in the dataset's
+                ``stuff_classes``): the diagnostics then also group the error by the
+                ground-truth class of each pixel, read from the input's
+                ``"sem_seg_file_name"`` (ids outside the list, the ignore label, count in no
+                class). Images without a label map, or with one of another size than their
+                depth (reported), are left out of that grouping only.
         """
         min_depth, max_depth = float(min_depth), float(max_depth)
         if not (0.0 < min_depth < max_depth) or not math.isfinite(max_depth):
@@ -145,6 +156,7 @@ class DepthEvaluator(DatasetEvaluator):
                 f"{near_far_threshold}"
             )
         self._near_far = float(near_far_threshold)
+        self._class_names = list(class_names) if class_names else None
         self._focal_bins = (
             None if focal_bins is None else check_bin_edges(focal_bins, "DepthEvaluator focal_bins")
         )
@@ -155,6 +167,7 @@ class DepthEvaluator(DatasetEvaluator):
         """Forget everything processed so far."""
         self._records: List[dict] = []  # one per image with depth, see _image_record
         self._num_no_depth = 0  # inputs without "depth_file_name"
+        self._label_size_mismatch: List[str] = []  # label maps not of the depth's size
 
     @staticmethod
     def _original_fx(input: dict) -> Optional[float]:
@@ -217,7 +230,25 @@ class DepthEvaluator(DatasetEvaluator):
                 near_far_threshold=self._near_far,
                 fx=self._original_fx(input),
             )
+            labels = self._labels(input, tuple(gt.shape))
+            if labels is not None:
+                record["diagnostics"]["classes"] = class_sums(
+                    p, g, labels[valid], len(self._class_names)
+                )
         return record
+
+    def _labels(self, input: dict, shape) -> Optional[torch.Tensor]:
+        """``[H, W]`` ground-truth class ids of the input, or None (no class names, no label
+        map, or a label map of another size than the depth: noted for the log)."""
+        path = input.get("sem_seg_file_name")
+        if not self._class_names or not path:
+            return None
+        with PathManager.open(path, "rb") as f:
+            labels = np.array(Image.open(f), dtype=np.int64)
+        if labels.shape != shape:
+            self._label_size_mismatch.append(f"{path} ({labels.shape} against depth {shape})")
+            return None
+        return torch.from_numpy(labels)
 
     def process(self, inputs: List[dict], outputs: List[dict]):
         """
@@ -300,6 +331,13 @@ class DepthEvaluator(DatasetEvaluator):
                 [r["diagnostics"] for r in evaluated],
                 distance_bins=self._distance_bins,
                 focal_bins=self._focal_bins,
+                class_names=self._class_names,
+            )
+        if self._label_size_mismatch:
+            self._logger.warning(
+                f"DepthEvaluator on {name}: {len(self._label_size_mismatch)} label map(s) "
+                "differ in size from their depth and are left out of the per-class depth "
+                f"diagnostics, e.g. {self._label_size_mismatch[0]}"
             )
 
         self._logger.info(
@@ -326,7 +364,7 @@ class DepthEvaluator(DatasetEvaluator):
                     **{
                         k: v
                         for k, v in r.get("diagnostics", {}).items()
-                        if k not in ("bins", "near_far", "abs_rel", "d1")
+                        if k not in ("bins", "near_far", "classes", "abs_rel", "d1")
                     },
                 }
                 for r in records

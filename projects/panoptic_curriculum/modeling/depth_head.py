@@ -95,6 +95,12 @@ class DeepLabDepthHead(nn.Module):
     each image (``fx`` from its intrinsics, after resizing). Images with other cameras then
     share one target scale.
 
+    Global context (``global_context``): the coarsest level's projected features, averaged over
+    the image and passed through a 1x1 convolution with ReLU, are added to every pixel's fused
+    features (the image-pooling branch of DeepLabV3's ASPP), so that scene-level cues — where
+    the horizon is, how high the camera sits — reach pixels whose own neighbourhood does not
+    say how far they are (a distant wall).
+
     Camera coordinates (``camera_coords``): two channels holding each feature pixel's
     normalised ray direction ``((u - cx) / fx, (v - cy) / fy)`` are appended to the fused
     features (as in CAM-Convs, Facil et al. 2019), so the head sees where each pixel looks —
@@ -117,6 +123,7 @@ class DeepLabDepthHead(nn.Module):
         camera_coords: bool = False,
         use_depthwise_separable_conv: bool = False,
         output: str = "sigmoid",
+        global_context: bool = False,
     ):
         """
         Args:
@@ -133,6 +140,7 @@ class DeepLabDepthHead(nn.Module):
                 (depthwise with bias, then 1x1 with ``norm`` and ReLU, as in Xception)
                 instead of two 3x3 convolutions.
             output: "sigmoid" or "log_linear", the logit-to-log-depth mapping (above).
+            global_context: add an image-level feature (above) to every pixel's features.
         """
         super().__init__()
         if not 0 < min_depth < max_depth:
@@ -162,6 +170,10 @@ class DeepLabDepthHead(nn.Module):
             )
             weight_init.c2_msra_fill(conv)
             self.lateral[name] = conv
+        self.context = None
+        if global_context:
+            self.context = Conv2d(conv_dims, conv_dims, kernel_size=1, activation=F.relu)
+            weight_init.c2_msra_fill(self.context)
         self.camera_coords = camera_coords
         fuse_in = conv_dims + (2 if camera_coords else 0)
         if use_depthwise_separable_conv:
@@ -226,6 +238,7 @@ class DeepLabDepthHead(nn.Module):
             "camera_coords": c.CAMERA_COORDS,
             "use_depthwise_separable_conv": c.USE_DEPTHWISE_SEPARABLE_CONV,
             "output": c.OUTPUT,
+            "global_context": c.GLOBAL_CONTEXT,
         }
 
     @property
@@ -270,6 +283,8 @@ class DeepLabDepthHead(nn.Module):
                 y = x
             else:
                 y = y + F.interpolate(x, size=y.shape[-2:], mode="bilinear", align_corners=False)
+        if self.context is not None:  # x: the coarsest level; [B, C, 1, 1] broadcast to all
+            y = y + self.context(F.adaptive_avg_pool2d(x, 1))
         if self.camera_coords:
             y = torch.cat([y, self._ray_channels(K, y.shape, y.device, y.dtype)], dim=1)
         logit = self.predictor(self.fuse(y))
