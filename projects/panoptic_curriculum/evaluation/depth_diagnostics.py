@@ -102,8 +102,13 @@ def _median(x: torch.Tensor) -> torch.Tensor:
 def _bin_sums(g, abs_rel, d1, r, edges) -> Dict[str, List[float]]:
     """Per-bin sums over pixels: count, AbsRel, δ<1.25 hits, log ratio (bins by ``g``)."""
     index = torch.bucketize(g, torch.as_tensor(edges, dtype=g.dtype), right=True) - 1
-    inside = index >= 0  # below the first edge: in no bin
-    index, n = index[inside], len(edges)
+    return _group_sums(index, len(edges), g, abs_rel, d1, r)
+
+
+def _group_sums(index, n, g, abs_rel, d1, r) -> Dict[str, List[float]]:
+    """Sums over pixels of each group ``0..n-1`` (``index`` per pixel; outside: no group)."""
+    inside = (index >= 0) & (index < n)
+    index = index[inside]
     out = {}
     for key, value in (
         ("count", torch.ones_like(g)),
@@ -126,23 +131,10 @@ def class_sums(
         labels: ``[N]`` integer class ids of the same pixels; ids outside
             ``[0, num_classes)`` (the ignore label) count in no class.
     """
-    labels = labels.to(torch.int64)
     r = torch.log(p) - torch.log(g)
     abs_rel = (p - g).abs() / g
     d1 = torch.maximum(p / g, g / p) < 1.25
-    inside = (labels >= 0) & (labels < num_classes)
-    index = labels[inside]
-    out = {}
-    for key, value in (
-        ("count", torch.ones_like(g)),
-        ("abs_rel", abs_rel),
-        ("d1", d1.to(g.dtype)),
-        ("log_ratio", r),
-    ):
-        out[key] = (
-            torch.zeros(num_classes, dtype=g.dtype).index_add_(0, index, value[inside]).tolist()
-        )
-    return out
+    return _group_sums(labels.to(torch.int64), num_classes, g, abs_rel, d1, r)
 
 
 def image_diagnostics(
@@ -281,50 +273,34 @@ def aggregate_diagnostics(
     return out
 
 
+def _pooled_table(diag: Dict[str, float], names: List[str], prefix: str, what: str) -> str:
+    """Pixel share, AbsRel, δ<1.25 and log ratio of each pooled group ``prefix + name``."""
+    rows = [
+        [n] + [diag[f"{m}_{prefix}{n}"] for m in ("frac", "AbsRel", "d1", "log_ratio")]
+        for n in names
+    ]
+    return tabulate(
+        rows,
+        headers=[what, "pixels", "AbsRel", "d<1.25", "log_ratio"],
+        floatfmt=".3f",
+        tablefmt="pipe",
+    )
+
+
 def diagnostics_tables(diag: Dict[str, float], distance_bins: Sequence[float]) -> str:
     """A readable text rendering of :func:`aggregate_diagnostics`' output: one table per
     grouping (distance bins and near/far, focal bins) and the scale/shape summary."""
     if not diag:
         return "(no depth diagnostics: no image evaluated)"
-    rows = []
-    for name in distance_bin_names(distance_bins) + ["near", "far"]:
-        rows.append(
-            [
-                name,
-                diag[f"frac_{name}"],
-                diag[f"AbsRel_{name}"],
-                diag[f"d1_{name}"],
-                diag[f"log_ratio_{name}"],
-            ]
-        )
     text = [
         "by ground-truth distance (pixels pooled; log_ratio = mean log(pred/gt), > 0: too far):",
-        tabulate(
-            rows,
-            headers=["depth", "pixels", "AbsRel", "d<1.25", "log_ratio"],
-            floatfmt=".3f",
-            tablefmt="pipe",
-        ),
+        _pooled_table(diag, distance_bin_names(distance_bins) + ["near", "far"], "", "depth"),
     ]
-    classes = [k[len("frac_") :] for k in diag if k.startswith("frac_cls-")]
+    classes = [k[len("frac_cls-") :] for k in diag if k.startswith("frac_cls-")]
     if classes:
         text += [
             "by ground-truth class (pixels pooled over the images with a label map):",
-            tabulate(
-                [
-                    [
-                        n[len("cls-") :],
-                        diag[f"frac_{n}"],
-                        diag[f"AbsRel_{n}"],
-                        diag[f"d1_{n}"],
-                        diag[f"log_ratio_{n}"],
-                    ]
-                    for n in classes
-                ],
-                headers=["class", "pixels", "AbsRel", "d<1.25", "log_ratio"],
-                floatfmt=".3f",
-                tablefmt="pipe",
-            ),
+            _pooled_table(diag, classes, "cls-", "class"),
         ]
     focal = [k[len("num_images_") :] for k in diag if k.startswith("num_images_fx")]
     if focal:
