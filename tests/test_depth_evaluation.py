@@ -357,12 +357,13 @@ def test_diagnostics_per_class_known_answers(tmp_path, caplog):
     c["sem_seg_file_name"] = os.path.join(str(tmp_path), "c_sem.png")
     assert cv2.imwrite(c["sem_seg_file_name"], np.zeros((3, 3), np.uint8))
     with caplog.at_level("INFO"):
-        res = run_eval([a, b, c], [pred, pred, pred], class_names=["near", "mid", "wall"])
+        res = run_eval([a, b, c], [pred, pred, pred], class_names=["near", "mid", "far wall"])
     diag = res["depth_diagnostics"]
     approx = lambda v: pytest.approx(v, rel=1e-5, abs=1e-9)  # noqa: E731
     assert diag["AbsRel_cls-near"] == approx(0.0) and diag["d1_cls-near"] == 1.0
     assert diag["AbsRel_cls-mid"] == approx(0.1) and diag["d1_cls-mid"] == 1.0
-    assert diag["log_ratio_cls-wall"] == approx(math.log(0.5)) and diag["d1_cls-wall"] == 0.0
+    wall = "cls-far_wall"  # a name with a space, as a tensorboard tag accepts it
+    assert diag[f"log_ratio_{wall}"] == approx(math.log(0.5)) and diag[f"d1_{wall}"] == 0.0
     assert diag["frac_cls-near"] == approx(2 / 5) and diag["frac_cls-mid"] == approx(1 / 5)
     assert diag["frac_0-5m"] == approx(12 / 18)  # all three images in the distance bins
     assert "by ground-truth class" in caplog.text

@@ -26,7 +26,8 @@ of all images that fall in the bin, so that a bin few images reach is not domina
   ``AbsRel_median_scaled``, ``d1_median_scaled``;
 * **by ground-truth class** (when the evaluator is given the class names and an image has a
   semantic label map of the same size as its depth): the same four per class, suffixed
-  ``_cls-<name>`` (``frac`` over the labelled valid pixels; ignored pixels are in no class),
+  ``_cls-<name>`` (characters other than letters, digits, ``_.-`` in a name become ``_``;
+  ``frac`` over the labelled valid pixels; ignored pixels are in no class),
   so a user sees, say, whether a distant wall or the thin objects carry the error;
 * **by camera focal length** (``fx`` of the original image, pixels; images binned whole):
   ``AbsRel_fx<lo>-<hi>``, ``d1_fx<lo>-<hi>``, ``scale_log_mean_fx<lo>-<hi>``,
@@ -37,6 +38,7 @@ Empty bins report NaN (and a pixel or image count of 0).
 """
 
 import math
+import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -246,7 +248,9 @@ def aggregate_diagnostics(
     out.update(_binned(records, "near_far", ["near", "far"]))
     labelled = [r for r in records if "classes" in r]
     if class_names and labelled:
-        out.update(_binned(labelled, "classes", [f"cls-{c}" for c in class_names]))
+        # class names as tensorboard tags accept them ("traffic light" -> "traffic_light")
+        names = [f"cls-{re.sub(r'[^A-Za-z0-9_.-]', '_', str(c))}" for c in class_names]
+        out.update(_binned(labelled, "classes", names))
     log_s = [math.log(r["median_ratio"]) for r in records]
     mean_log_s = _mean(log_s)
     out["scale_log_mean"] = mean_log_s
