@@ -22,15 +22,13 @@ import sys
 
 import numpy as np
 import torch
-from PIL import Image
 
 import panoptic_curriculum  # noqa: F401  isort:skip  first: detectron2 v0.6 compatibility layer
 from detectron2.data import MetadataCatalog
-from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 from panoptic_curriculum import load_config
-from panoptic_curriculum.data.depth_io import read_depth
+from panoptic_curriculum.data.depth_io import read_depth, read_image
 from panoptic_curriculum.engine import PanopticCurriculumTrainer
 from panoptic_curriculum.engine.checkpoint import AtomicCheckpointer, atomic_write_text
 from panoptic_curriculum.evaluation.depth_diagnostics import distance_trend
@@ -52,11 +50,6 @@ def parse_args(argv=None):
     parser.add_argument("--output", required=True)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser.parse_args(argv)
-
-
-def _labels(path: str) -> np.ndarray:
-    with PathManager.open(path, "rb") as f:
-        return np.array(Image.open(f), dtype=np.int64)
 
 
 def main(argv=None) -> int:
@@ -84,7 +77,7 @@ def main(argv=None) -> int:
                         "tool needs both"
                     )
                 gt = read_depth(d, cfg.INPUT.DEPTH.MIN_DEPTH, cfg.INPUT.DEPTH.MAX_DEPTH)
-                labels = _labels(d["sem_seg_file_name"])
+                labels = read_image(d["sem_seg_file_name"], "L").squeeze(2)
                 if labels.shape != gt.shape:
                     raise SystemExit(
                         f"{d['sem_seg_file_name']} is {labels.shape}, its depth "

@@ -49,7 +49,6 @@ __all__ = [
     "check_bin_edges",
     "distance_bin_names",
     "image_diagnostics",
-    "class_sums",
     "distance_trend",
     "aggregate_diagnostics",
     "diagnostics_tables",
@@ -122,23 +121,6 @@ def _group_sums(index, n, g, abs_rel, d1, r) -> Dict[str, List[float]]:
     return out
 
 
-def class_sums(
-    p: torch.Tensor, g: torch.Tensor, labels: torch.Tensor, num_classes: int
-) -> Dict[str, List[float]]:
-    """Per-class pixel sums (count, AbsRel, δ<1.25 hits, log ratio) at the valid pixels.
-
-    Args:
-        p, g: ``[N]`` float64 prediction and ground truth (metres) as in
-            :func:`image_diagnostics`.
-        labels: ``[N]`` integer class ids of the same pixels; ids outside
-            ``[0, num_classes)`` (the ignore label) count in no class.
-    """
-    r = torch.log(p) - torch.log(g)
-    abs_rel = (p - g).abs() / g
-    d1 = torch.maximum(p / g, g / p) < 1.25
-    return _group_sums(labels.to(torch.int64), num_classes, g, abs_rel, d1, r)
-
-
 def image_diagnostics(
     p: torch.Tensor,
     g: torch.Tensor,
@@ -146,6 +128,8 @@ def image_diagnostics(
     distance_bins: Sequence[float],
     near_far_threshold: float,
     fx: Optional[float] = None,
+    labels: Optional[torch.Tensor] = None,
+    num_classes: int = 0,
 ) -> Dict:
     """Per-image record of the diagnostics (plain floats and lists: picklable, JSON-able).
 
@@ -155,6 +139,9 @@ def image_diagnostics(
         g: ``[N]`` float64 ground truth (metres, > 0) at the same pixels.
         distance_bins, near_far_threshold: see :class:`DepthEvaluator`.
         fx: focal length of the original image (pixels), or None when unknown.
+        labels: ``[N]`` integer ground-truth class ids of the same pixels, or None; with
+            them the record gets per-class sums (``"classes"``) for ids in
+            ``[0, num_classes)`` (others, the ignore label, count in no class).
     """
     r = torch.log(p) - torch.log(g)
     abs_rel = (p - g).abs() / g
@@ -163,7 +150,7 @@ def image_diagnostics(
     log_mse = float((r * r).mean())
     s = _median(p / g)
     q = p / s  # median-scaled prediction
-    return {
+    record = {
         "fx": None if fx is None else float(fx),
         "median_ratio": float(s),
         "log_mse": log_mse,
@@ -177,6 +164,9 @@ def image_diagnostics(
         "bins": _bin_sums(g, abs_rel, d1, r, distance_bins),
         "near_far": _bin_sums(g, abs_rel, d1, r, (0.0, near_far_threshold)),
     }
+    if labels is not None:
+        record["classes"] = _group_sums(labels.to(torch.int64), num_classes, g, abs_rel, d1, r)
+    return record
 
 
 def _mean(values: List[float]) -> float:
@@ -239,7 +229,7 @@ def aggregate_diagnostics(
 ) -> Dict[str, float]:
     """The flat ``"depth_diagnostics"`` dict (see the module docstring) from the per-image
     records of :func:`image_diagnostics` (in any order: sums are correctly rounded); records
-    with a ``"classes"`` entry (:func:`class_sums`) give the per-class keys of
+    with a ``"classes"`` entry (made with ``labels``) give the per-class keys of
     ``class_names``."""
     out: Dict[str, float] = {}
     if not records:

@@ -44,22 +44,18 @@ import tempfile
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 
 from detectron2.evaluation.evaluator import DatasetEvaluator
 from detectron2.utils import comm
-from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
-from ..data.depth_io import read_depth
+from ..data.depth_io import read_depth, read_image
 from .depth_diagnostics import (
     DEFAULT_DISTANCE_BINS,
     aggregate_diagnostics,
     check_bin_edges,
     diagnostics_tables,
-    class_sums,
     image_diagnostics,
 )
 
@@ -223,18 +219,16 @@ class DepthEvaluator(DatasetEvaluator):
             sums[key] = (ratio < thr).sum()
         record["sums"] = {k: float(v) for k, v in sums.items()}
         if self._diagnostics:
+            labels = self._labels(input, tuple(gt.shape))
             record["diagnostics"] = image_diagnostics(
                 p,
                 g,
                 distance_bins=self._distance_bins,
                 near_far_threshold=self._near_far,
                 fx=self._original_fx(input),
+                labels=None if labels is None else labels[valid],
+                num_classes=len(self._class_names or ()),
             )
-            labels = self._labels(input, tuple(gt.shape))
-            if labels is not None:
-                record["diagnostics"]["classes"] = class_sums(
-                    p, g, labels[valid], len(self._class_names)
-                )
         return record
 
     def _labels(self, input: dict, shape) -> Optional[torch.Tensor]:
@@ -243,12 +237,11 @@ class DepthEvaluator(DatasetEvaluator):
         path = input.get("sem_seg_file_name")
         if not self._class_names or not path:
             return None
-        with PathManager.open(path, "rb") as f:
-            labels = np.array(Image.open(f), dtype=np.int64)
+        labels = read_image(path, "L").squeeze(2)  # as the dataset mapper reads it
         if labels.shape != shape:
             self._label_size_mismatch.append(f"{path} ({labels.shape} against depth {shape})")
             return None
-        return torch.from_numpy(labels)
+        return torch.from_numpy(labels.astype("int64"))
 
     def process(self, inputs: List[dict], outputs: List[dict]):
         """

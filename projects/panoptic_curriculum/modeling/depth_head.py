@@ -84,10 +84,14 @@ class DeepLabDepthHead(nn.Module):
     * ``"sigmoid"``: ``log(min) + (log(max) - log(min)) * sigmoid(x)``. Its slope in log
       depth per unit of ``x`` is ``(log(max) - log(min)) * s * (1 - s)``, ``s = sigmoid(x)``:
       near ``max_depth`` the gradient fades (a third of the mid-range's at 2/3 of a 0.1-60 m
-      range, in log terms), so far depth learns slowly and comes out too near;
+      range, in log terms);
     * ``"log_linear"``: ``clamp(c + x, log(min), log(max))`` with ``c`` the mid-point of
       ``[log(min), log(max)]`` (the geometric mean of the range, where ``x = 0`` starts):
-      slope 1 everywhere inside the range, so near and far depth learn at one rate.
+      slope 1 everywhere inside the range.
+
+    On the synthetic scenes the two give the same far-range error (docs/depth.md: it is the
+    back wall's unresolved distance, not the mapping); ``global_context`` did not change it
+    either.
 
     Camera awareness (``canonical_focal > 0``): an object of a given size in pixels lies at a
     depth proportional to the focal length, so the head predicts depth for a canonical
