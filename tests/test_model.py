@@ -242,15 +242,14 @@ def test_depth_global_context_reaches_far_pixels(global_context):
         "MODEL.DEPTH_HEAD.NORM",
         "",
     )
-    head = build_model(cfg).depth_head.eval()
+    model = build_model(cfg)
+    head, shapes = model.depth_head.eval(), model.backbone.output_shape()
     with torch.no_grad():
         head.predictor.weight.normal_(0, 0.1)  # a trained head's predictor, not the init's
-    size, shapes = 256, head.lateral
-    g = torch.Generator().manual_seed(0)
-    strides = {"p2": 4, "p3": 8, "p4": 16, "p5": 32}
+    size, g = 256, torch.Generator().manual_seed(0)
     feats = {
-        k: torch.randn(1, m.in_channels, size // strides[k], size // strides[k], generator=g)
-        for k, m in shapes.items()
+        k: torch.randn(1, shapes[k].channels, *(2 * [size // shapes[k].stride]), generator=g)
+        for k in head.in_features
     }
     with torch.no_grad():
         before = head(feats, (size, size))
