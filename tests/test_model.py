@@ -259,6 +259,81 @@ def test_depth_global_context_reaches_far_pixels(global_context):
     assert (moved > 1e-4) == global_context
 
 
+def test_column_attention_reads_its_own_column_only():
+    """The column attention starts at zero (identity residual); once trained, a change at the
+    bottom of one column moves the top of that column and leaves every other column as it
+    was; the ray channels reach its output."""
+    from panoptic_curriculum.modeling.depth_head import ColumnAttention
+
+    g = torch.Generator().manual_seed(0)
+    att = ColumnAttention(16).eval()
+    x, rays = torch.randn(2, 16, 10, 7, generator=g), torch.randn(2, 2, 10, 7, generator=g)
+    with torch.no_grad():
+        assert torch.equal(att(x, rays), torch.zeros_like(x))
+        att.proj.weight.normal_(0, 0.5, generator=g)  # a trained projection, not the init's
+        before = att(x, rays)
+        x2 = x.clone()
+        x2[1, :, -1, 3] += torch.randn(16, generator=g)  # not a constant: LayerNorm
+        after = att(x2, rays)
+        moved = (after - before).abs().amax(dim=(1, 2))  # [B, w]
+        assert moved[1, 3] > 1e-3 and (after[1, :, 0, 3] - before[1, :, 0, 3]).abs().max() > 1e-4
+        others = torch.ones_like(moved, dtype=torch.bool)
+        others[1, 3] = False
+        assert moved[others].max() == 0
+        rays2 = rays.clone()
+        rays2[0, 1] += 1.0
+        assert (att(x, rays2) - before)[0].abs().max() > 1e-4
+
+
+def test_depth_head_column_context_config():
+    """MODEL.DEPTH_HEAD.COLUMN_CONTEXT builds the attention into the head, which then needs K
+    (camera aware); a channel count its heads do not divide is an error naming the key."""
+    cfg = tiny_cfg(
+        "configs/synthetic/curriculum_R18_FPN.yaml",
+        "MODEL.DEPTH_HEAD.COLUMN_CONTEXT",
+        True,
+        "MODEL.DEPTH_HEAD.CAMERA_COORDS",
+        False,
+        "MODEL.DEPTH_HEAD.CANONICAL_FOCAL",
+        0.0,
+    )
+    model = build_model(cfg)
+    assert model.depth_head.column is not None and model.depth_head.camera_aware
+    cfg.defrost()
+    cfg.MODEL.DEPTH_HEAD.CONVS_DIM = 30
+    cfg.MODEL.DEPTH_HEAD.NORM = ""  # GroupNorm's 32 groups would not take 30 channels either
+    with pytest.raises(ValueError, match="COLUMN_CONTEXT.*CONVS_DIM"):
+        build_model(cfg)
+
+
+@pytest.mark.parametrize("loss_type", ["silog", "l1_log", "l1"])
+def test_depth_loss_distance_power_known_answer(loss_type):
+    """DISTANCE_POWER weighs each valid pixel by gt ** power, normalised to a mean of 1 over
+    the valid pixels: with gt 1 m and 3 m and power 1 the weights are 0.5 and 1.5; an invalid
+    pixel (gt 0) weighs nothing; power 0 is the unweighted loss."""
+    from panoptic_curriculum.modeling.depth_head import depth_loss
+
+    gt = torch.tensor([[1.0, 3.0, 0.0]])
+    pred = torch.tensor([[2.0, 2.0, 7.0]])
+    g = torch.log(pred[0, :2]) - torch.log(gt[0, :2])
+    err = {"silog": g, "l1_log": g.abs(), "l1": (pred[0, :2] - gt[0, :2]).abs()}[loss_type]
+
+    def expected(w):
+        if loss_type == "silog":
+            return torch.sqrt((w * g * g).mean() - 0.5 * (w * g).mean() ** 2)
+        return (w * err).mean()
+
+    for power, w in ((0.0, torch.tensor([1.0, 1.0])), (1.0, torch.tensor([0.5, 1.5]))):
+        got = depth_loss(pred, gt, loss_type, silog_lambda=0.5, distance_power=power)
+        assert torch.allclose(got, expected(w)), (power, got, expected(w))
+    assert depth_loss(pred, torch.zeros_like(gt), loss_type, distance_power=1.0) == 0
+    cfg = tiny_cfg(
+        "configs/synthetic/curriculum_R18_FPN.yaml", "MODEL.DEPTH_HEAD.DISTANCE_POWER", 5.0
+    )
+    with pytest.raises(ValueError, match="DISTANCE_POWER"):
+        build_model(cfg)
+
+
 def test_depth_is_camera_aware():
     """Canonical-focal scaling: the same image seen with twice the focal length is twice as
     deep; camera coordinates: the prediction depends on where each pixel looks."""

@@ -407,6 +407,11 @@ def test_depth_trend(setup, runs):
     assert [b["bin"] for b in result["bins"]] == ["0-10m", "10-20m", "over20m"]
     assert sum(b["images"] for b in result["bins"]) == result["num_images"]
     assert all(p["depth"] > 0 for p in result["per_image"])
+    pixel_bins = result["pixel_bins"]
+    assert [b["bin"] for b in pixel_bins] == ["0-10m", "10-20m", "over20m"]
+    assert sum(b["pixels"] for b in pixel_bins) > 0
+    assert all(0 <= b["d1"] <= 1 for b in pixel_bins if b["pixels"])
+    assert "by their own true depth" in output
     assert (setup["root"] / "depth_trend" / "depth_trend.md").is_file()
 
 

@@ -7,6 +7,8 @@ gives two numbers: the surface's true depth (median over its pixels, metres) and
 error there (median of log(pred / gt)). Their trend over the images, binned by true depth,
 and the slope of log predicted against log true depth (1: resolved; 0: the same guess for
 every image) show whether an error is a bias or an unresolved quantity regressed to its mean.
+The class's pixels are also pooled over all images and binned by their own true depth
+(AbsRel, δ<1.25, mean log ratio per bin): is the error the class's, or its distance's?
 
     python tools/depth_trend.py --config-file configs/synthetic/curriculum_R18_FPN.yaml \\
         --class wall --bins 15 19 23 27 31 --output output/depth_trend \\
@@ -31,9 +33,15 @@ from panoptic_curriculum import load_config
 from panoptic_curriculum.data.depth_io import read_depth, read_image
 from panoptic_curriculum.engine import PanopticCurriculumTrainer
 from panoptic_curriculum.engine.checkpoint import AtomicCheckpointer, atomic_write_text
-from panoptic_curriculum.evaluation.depth_diagnostics import distance_trend
+from panoptic_curriculum.evaluation.depth_diagnostics import (
+    distance_bin_names,
+    distance_trend,
+    image_diagnostics,
+)
 
 logger = logging.getLogger("panoptic_curriculum.depth_trend")
+# the pooled pixel table's columns: (key in the output, per-bin sum of image_diagnostics)
+_PIXEL_KEYS = (("AbsRel", "abs_rel"), ("d1", "d1"), ("log_ratio", "log_ratio"))
 
 
 def parse_args(argv=None):
@@ -67,6 +75,7 @@ def main(argv=None) -> int:
     AtomicCheckpointer(model).load(cfg.MODEL.WEIGHTS, checkpointables=[])
     loader = PanopticCurriculumTrainer.build_test_loader(cfg, dataset)
     depths, ratios, skipped = [], [], 0
+    pixel_sums = None  # per distance bin, sums over the class's pixels of every image
     with torch.no_grad():
         for inputs in loader:
             outputs = model(inputs)
@@ -84,21 +93,45 @@ def main(argv=None) -> int:
                         f"{d['depth_file_name']} {gt.shape}: they must match"
                     )
                 mask = (labels == class_id) & (gt > 0)
-                if mask.sum() < args.min_pixels:
-                    skipped += 1
-                    continue
                 pred = out["depth"].cpu().numpy().astype(np.float64)[mask]
                 g = gt[mask].astype(np.float64)
                 pred = np.clip(pred, cfg.INPUT.DEPTH.MIN_DEPTH, cfg.INPUT.DEPTH.MAX_DEPTH)
+                if mask.any():
+                    sums = image_diagnostics(
+                        torch.from_numpy(pred),
+                        torch.from_numpy(g),
+                        distance_bins=args.bins,
+                        near_far_threshold=args.bins[-1],
+                    )["bins"]
+                    pixel_sums = sums if pixel_sums is None else {
+                        k: [a + b for a, b in zip(pixel_sums[k], v)] for k, v in sums.items()
+                    }
+                if mask.sum() < args.min_pixels:
+                    skipped += 1
+                    continue
                 depths.append(float(np.median(g)))
                 ratios.append(float(np.median(np.log(pred) - np.log(g))))
     trend = distance_trend(depths, ratios, args.bins)
+    pixel_bins = []
+    for k, name in enumerate(distance_bin_names(args.bins)):
+        n = pixel_sums["count"][k] if pixel_sums else 0
+        pixel_bins.append(
+            {
+                "bin": name,
+                "pixels": int(n),
+                **{
+                    key: pixel_sums[src][k] / n if n else float("nan")
+                    for key, src in _PIXEL_KEYS
+                },
+            }
+        )
     result = {
         "dataset": dataset,
         "class": args.class_name,
         "weights": cfg.MODEL.WEIGHTS,
         "images_skipped": skipped,
         **trend,
+        "pixel_bins": pixel_bins,
         "per_image": [{"depth": g, "log_ratio": r} for g, r in zip(depths, ratios)],
     }
     lines = [
@@ -109,6 +142,17 @@ def main(argv=None) -> int:
         "| true depth | images | mean of median log(pred/gt) |",
         "|---|---|---|",
     ] + [f"| {b['bin']} | {b['images']} | {b['log_ratio']:+.3f} |" for b in trend["bins"]]
+    lines += [
+        "",
+        f"{args.class_name}'s pixels of all images, by their own true depth:",
+        "",
+        "| true depth | pixels | AbsRel | δ<1.25 | mean log(pred/gt) |",
+        "|---|---|---|---|---|",
+    ] + [
+        f"| {b['bin']} | {b['pixels']} | {b['AbsRel']:.3f} | {b['d1']:.3f} "
+        f"| {b['log_ratio']:+.3f} |"
+        for b in pixel_bins
+    ]
     os.makedirs(args.output, exist_ok=True)
     atomic_write_text(os.path.join(args.output, "depth_trend.json"), json.dumps(result, indent=2))
     atomic_write_text(os.path.join(args.output, "depth_trend.md"), "\n".join(lines) + "\n")

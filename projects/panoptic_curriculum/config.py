@@ -127,10 +127,16 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     # Add an image-level feature (global average of the coarsest level, 1x1 conv, ReLU) to
     # every pixel's features, as ASPP's image pooling does.
     cfg.MODEL.DEPTH_HEAD.GLOBAL_CONTEXT = False
+    # Self-attention along each image column after the fusing convolutions (residual, ray
+    # directions in queries and keys): carries the depth at a surface's foot up the column.
+    cfg.MODEL.DEPTH_HEAD.COLUMN_CONTEXT = False
     # Loss: "silog" (scale-invariant log), "l1_log" (L1 on log depth) or "l1" (metres).
     cfg.MODEL.DEPTH_HEAD.LOSS_TYPE = "silog"
     # Variance weight lambda of the scale-invariant log loss (0: plain L2 on log depth).
     cfg.MODEL.DEPTH_HEAD.SILOG_LAMBDA = 0.85
+    # Pixel weights gt ** DISTANCE_POWER in the depth loss's means (normalised to a mean of 1
+    # over the batch's valid pixels): 0 weighs every pixel alike, 1 a pixel by its distance.
+    cfg.MODEL.DEPTH_HEAD.DISTANCE_POWER = 0.0
     # Weight of L_depth.
     cfg.MODEL.DEPTH_HEAD.LOSS_WEIGHT = 1.0
     # Focal length (pixels) of the canonical camera the head predicts depth for; depth is

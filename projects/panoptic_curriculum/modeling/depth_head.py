@@ -33,7 +33,11 @@ def build_depth_head(cfg, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
 
 
 def depth_loss(
-    pred: torch.Tensor, gt: torch.Tensor, loss_type: str, silog_lambda: float = 0.85
+    pred: torch.Tensor,
+    gt: torch.Tensor,
+    loss_type: str,
+    silog_lambda: float = 0.85,
+    distance_power: float = 0.0,
 ) -> torch.Tensor:
     """Depth loss over pixels with valid ground truth.
 
@@ -44,6 +48,10 @@ def depth_loss(
             ``sqrt(mean(g^2) - lambda * mean(g)^2)`` with ``g = log pred - log gt`` (Eigen et
             al.; lambda = 1 is fully scale invariant, 0 is RMSE of log depth);
             "l1_log": ``mean |g|``; "l1": ``mean |pred - gt|`` in metres.
+        distance_power: the means are weighted means, each valid pixel weighing
+            ``gt ** distance_power`` (normalised to a mean weight of 1 over the batch's valid
+            pixels). 0: every pixel alike; 1: a pixel twice as far weighs twice as much, so
+            that the few far pixels are not traded for the many near ones.
 
     Returns:
         scalar; 0 (still attached to the graph, never NaN) when no pixel is valid.
@@ -55,20 +63,66 @@ def depth_loss(
     valid = gt > 0
     count = valid.sum()
     zero = pred.sum() * 0.0
+    if distance_power == 0.0:
+        weight = valid.to(pred.dtype)
+    else:  # gt ** power on valid pixels (0 elsewhere), then a mean of 1 over valid pixels
+        weight = torch.where(valid, gt.clamp(min=1e-6) ** distance_power, torch.zeros_like(gt))
+        weight = weight.to(pred.dtype) * (count / weight.sum().clamp(min=1e-12))
     denom = count.clamp(min=1).to(pred.dtype)
     if loss_type == "l1":
-        loss = (torch.where(valid, (pred - gt).abs(), torch.zeros_like(pred))).sum() / denom
+        loss = (weight * torch.where(valid, (pred - gt).abs(), torch.zeros_like(pred))).sum()
+        loss = loss / denom
     else:
         g = torch.where(
             valid, torch.log(pred) - torch.log(gt.clamp(min=1e-6)), torch.zeros_like(pred)
         )
         if loss_type == "l1_log":
-            loss = g.abs().sum() / denom
+            loss = (weight * g.abs()).sum() / denom
         else:
-            mean_sq = (g * g).sum() / denom
-            mean = g.sum() / denom
+            mean_sq = (weight * g * g).sum() / denom
+            mean = (weight * g).sum() / denom
             loss = torch.sqrt((mean_sq - silog_lambda * mean * mean).clamp(min=1e-8))
     return torch.where(count > 0, loss, zero)
+
+
+class ColumnAttention(nn.Module):
+    """Multi-head self-attention along each column of a feature map.
+
+    Each of the ``B * w`` columns is a sequence of ``h`` pixels; queries, keys and values are
+    linear maps of the layer-normalised features concatenated with the pixel's two ray
+    channels (so that attention can depend on where a pixel looks, e.g. prefer the rows below
+    it). The output projection starts at zero: the residual ``x + attention(x)`` is the
+    identity before training. Written with plain matmul / softmax so that it exports to ONNX.
+    """
+
+    NUM_HEADS = 4
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.qkv = nn.Linear(channels + 2, 3 * channels)
+        self.proj = nn.Linear(channels, channels)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, rays: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: ``[B, C, h, w]`` features.
+            rays: ``[B, 2, h, w]`` normalised ray directions of the same pixels.
+
+        Returns:
+            ``[B, C, h, w]``, the attention's output (to be added to ``x``).
+        """
+        b, c, h, w = x.shape
+        heads = self.NUM_HEADS
+        seq = x.permute(0, 3, 2, 1).reshape(b * w, h, c)  # one sequence per column
+        pos = rays.permute(0, 3, 2, 1).reshape(b * w, h, 2)
+        qkv = self.qkv(torch.cat([self.norm(seq), pos], dim=-1))
+        q, k, v = qkv.reshape(b * w, h, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+        attn = torch.softmax(q @ k.transpose(-1, -2) * (c // heads) ** -0.5, dim=-1)
+        out = (attn @ v).transpose(1, 2).reshape(b * w, h, c)  # [B*w, h, C]
+        return self.proj(out).reshape(b, w, h, c).permute(0, 3, 2, 1)
 
 
 @DEPTH_HEAD_REGISTRY.register()
@@ -105,6 +159,13 @@ class DeepLabDepthHead(nn.Module):
     the horizon is, how high the camera sits — reach pixels whose own neighbourhood does not
     say how far they are (a distant wall).
 
+    Column context (``column_context``): after the fusing convolutions, every pixel attends to
+    the pixels of its own image column (:class:`ColumnAttention`, residual, starting at
+    identity), with the ray directions in its queries and keys. A vertical surface standing on
+    the ground (a wall, a pillar) is as far away as the ground at its foot, which may lie tens
+    of pixels below most of its pixels; the attention lets the head carry that depth up the
+    column.
+
     Camera coordinates (``camera_coords``): two channels holding each feature pixel's
     normalised ray direction ``((u - cx) / fx, (v - cy) / fy)`` are appended to the fused
     features (as in CAM-Convs, Facil et al. 2019), so the head sees where each pixel looks —
@@ -128,6 +189,8 @@ class DeepLabDepthHead(nn.Module):
         use_depthwise_separable_conv: bool = False,
         output: str = "sigmoid",
         global_context: bool = False,
+        column_context: bool = False,
+        distance_power: float = 0.0,
     ):
         """
         Args:
@@ -145,6 +208,10 @@ class DeepLabDepthHead(nn.Module):
                 instead of two 3x3 convolutions.
             output: "sigmoid" or "log_linear", the logit-to-log-depth mapping (above).
             global_context: add an image-level feature (above) to every pixel's features.
+            column_context: attention along each image column after the fusing convolutions
+                (above); ``conv_dims`` must be divisible by 4 (its heads).
+            distance_power: pixel weights ``gt ** distance_power`` in the loss (see
+                :func:`depth_loss`).
         """
         super().__init__()
         if not 0 < min_depth < max_depth:
@@ -208,12 +275,25 @@ class DeepLabDepthHead(nn.Module):
             )
             for layer in self.fuse:
                 weight_init.c2_msra_fill(layer)
+        self.column = None
+        if column_context:
+            if conv_dims % ColumnAttention.NUM_HEADS:
+                raise ValueError(
+                    "MODEL.DEPTH_HEAD.COLUMN_CONTEXT needs CONVS_DIM divisible by "
+                    f"{ColumnAttention.NUM_HEADS}, got {conv_dims}"
+                )
+            self.column = ColumnAttention(conv_dims)
         self.predictor = Conv2d(conv_dims, 1, kernel_size=1)
         nn.init.normal_(self.predictor.weight, 0, 0.001)
         nn.init.constant_(self.predictor.bias, 0.0)
         self.log_min, self.log_max = math.log(min_depth), math.log(max_depth)
         self.min_depth, self.max_depth = min_depth, max_depth
         self.loss_type, self.silog_lambda, self.loss_weight = loss_type, silog_lambda, loss_weight
+        if not 0.0 <= distance_power <= 4.0:
+            raise ValueError(
+                f"MODEL.DEPTH_HEAD.DISTANCE_POWER must be within [0, 4], got {distance_power}"
+            )
+        self.distance_power = distance_power
         if canonical_focal < 0:
             raise ValueError(
                 f"MODEL.DEPTH_HEAD.CANONICAL_FOCAL must be >= 0, got {canonical_focal}"
@@ -243,13 +323,15 @@ class DeepLabDepthHead(nn.Module):
             "use_depthwise_separable_conv": c.USE_DEPTHWISE_SEPARABLE_CONV,
             "output": c.OUTPUT,
             "global_context": c.GLOBAL_CONTEXT,
+            "column_context": c.COLUMN_CONTEXT,
+            "distance_power": c.DISTANCE_POWER,
         }
 
     @property
     def camera_aware(self) -> bool:
         """True when the output depends on the intrinsics passed to :meth:`forward` (focal
-        scaling or ray-direction channels)."""
-        return self.canonical_focal > 0 or self.camera_coords
+        scaling, ray-direction channels or the column attention's ray positions)."""
+        return self.canonical_focal > 0 or self.camera_coords or self.column is not None
 
     def _ray_channels(self, K, shape, device, dtype):
         """``[B, 2, h, w]`` normalised ray directions at the centres of an ``h x w`` feature
@@ -289,9 +371,15 @@ class DeepLabDepthHead(nn.Module):
                 y = y + F.interpolate(x, size=y.shape[-2:], mode="bilinear", align_corners=False)
         if self.context is not None:  # x: the coarsest level; [B, C, 1, 1] broadcast to all
             y = y + self.context(F.adaptive_avg_pool2d(x, 1))
+        rays = None
+        if self.camera_coords or self.column is not None:
+            rays = self._ray_channels(K, y.shape, y.device, y.dtype)
         if self.camera_coords:
-            y = torch.cat([y, self._ray_channels(K, y.shape, y.device, y.dtype)], dim=1)
-        logit = self.predictor(self.fuse(y))
+            y = torch.cat([y, rays], dim=1)
+        y = self.fuse(y)
+        if self.column is not None:
+            y = y + self.column(y, rays)
+        logit = self.predictor(y)
         log_depth = self._log_depth(logit)
         log_depth = F.interpolate(
             log_depth, size=tuple(output_size), mode="bilinear", align_corners=False
@@ -311,5 +399,6 @@ class DeepLabDepthHead(nn.Module):
     def losses(self, pred: torch.Tensor, gt: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``{"loss_depth": weighted loss}``; ``gt`` is ``[B, H, W]`` metres, 0 invalid."""
         return {
-            "loss_depth": self.loss_weight * depth_loss(pred, gt, self.loss_type, self.silog_lambda)
+            "loss_depth": self.loss_weight
+            * depth_loss(pred, gt, self.loss_type, self.silog_lambda, self.distance_power)
         }
