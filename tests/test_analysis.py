@@ -190,3 +190,27 @@ def test_multiply_adds_of_every_shipped_config(path):
         heads.add("depth_head")
     assert heads <= set(report["flop"]["by_module"])
     assert all(report["flop"]["by_module"][h] > 0 for h in heads)
+
+
+def test_compare_point_branch_tiny(small_split):
+    """The point branch's training-step cost, on and off interleaved in one process: both
+    models time the same number of rounds and the overheads are the medians' ratios (the
+    off model loading the on model's weights raises if it had weights of its own)."""
+    result = bm.compare_point_branch(
+        "configs/synthetic/curriculum_R18_FPN.yaml",
+        height=64,
+        width=96,
+        batch_size=2,
+        num_points=64,
+        warmup=0,
+        iters=2,
+        cpu=True,
+        opts=TINY_OVERRIDES + ["DATASETS.TRAIN", (small_split,)],
+    )
+    on, off = result["on"], result["off"]
+    assert len(on["times_s"]) == len(off["times_s"]) == 2
+    assert result["overhead"] == pytest.approx(on["median_s"] / off["median_s"] - 1)
+    assert result["cpu_overhead"] == pytest.approx(on["cpu_median_s"] / off["cpu_median_s"] - 1)
+    rounds = [a / b - 1 for a, b in zip(on["times_s"], off["times_s"])]
+    assert result["paired_overhead_median"] == pytest.approx(sum(rounds) / 2)
+    assert result["num_points"] == 64 and result["batch_size"] == 2

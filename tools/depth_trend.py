@@ -151,6 +151,8 @@ def main(argv=None) -> int:
     ] + [
         f"| {b['bin']} | {b['pixels']} | {b['AbsRel']:.3f} | {b['d1']:.3f} "
         f"| {b['log_ratio']:+.3f} |"
+        if b["pixels"]
+        else f"| {b['bin']} | 0 | - | - | - |"
         for b in pixel_bins
     ]
     os.makedirs(args.output, exist_ok=True)

@@ -35,6 +35,7 @@ __all__ = [
     "panoptic_fpn_peer_config",
     "share_weights",
     "compare_with_panoptic_fpn",
+    "compare_point_branch",
 ]
 
 _OFF = {  # config overrides that switch a branch off
@@ -396,4 +397,96 @@ def compare_with_panoptic_fpn(
         a / b for a, b in zip(times["ours"], times["panoptic_fpn"])
     )
     result["cpu_ratio"] = result["ours"]["cpu_median_s"] / result["panoptic_fpn"]["cpu_median_s"]
+    return result
+
+
+def compare_point_branch(
+    config_file: str,
+    *,
+    height: int,
+    width: int,
+    batch_size: int,
+    num_points: int,
+    warmup: int = 2,
+    iters: int = 10,
+    cpu: bool = False,
+    opts: Sequence = (),
+) -> Dict:
+    """Training step (forward, backward, SGD step) with the point branch on against off,
+    timed interleaved in this process on the same ``batch_size`` real samples resized to
+    ``height x width``: the models of :data:`VARIANTS` ``train_point_on`` and
+    ``train_point_off``, the second holding the first's weights for every module they share,
+    so that both detect alike and only the branch differs. Interleaving makes the ratio
+    robust to a machine whose speed drifts between separate runs.
+
+    Returns:
+        dict: per model (``"on"``, ``"off"``) ``median_s``, ``times_s`` and ``cpu_median_s``;
+        ``overhead`` (on / off - 1, wall-clock medians), ``paired_overhead_median`` (median
+        over rounds of on / off - 1), ``cpu_overhead`` and the setting.
+    """
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    device = benchmark_device(cpu)
+    cfgs = {
+        key: variant_config(config_file, name, num_points=num_points, device=device, opts=opts)
+        for key, name in (("on", "train_point_on"), ("off", "train_point_off"))
+    }
+    torch.manual_seed(0)
+    models = {key: build_model(cfg).train() for key, cfg in cfgs.items()}
+    missing = models["off"].load_state_dict(models["on"].state_dict(), strict=False).missing_keys
+    if missing:
+        raise RuntimeError(f"the point-off model has weights the point-on model lacks: {missing}")
+    batch = benchmark_batch(cfgs["on"], batch_size, height, width, train=True)
+    optims = {
+        key: torch.optim.SGD(
+            [p for p in m.parameters() if p.requires_grad], lr=1e-4, momentum=0.9
+        )
+        for key, m in models.items()
+    }
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else None
+
+    def stepper(key):
+        def step():
+            if autocast is not None:
+                with autocast:
+                    losses = models[key](batch)
+            else:
+                losses = models[key](batch)
+            optims[key].zero_grad(set_to_none=True)
+            sum(losses.values()).backward()
+            optims[key].step()
+
+        return step
+
+    cpu_times: Dict[str, List[float]] = {}
+    with EventStorage():
+        times = time_interleaved(
+            {key: stepper(key) for key in models},
+            warmup=warmup,
+            iters=iters,
+            device=device,
+            cpu_times=cpu_times,
+        )
+    result = {
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "height": height,
+        "width": width,
+        "batch_size": batch_size,
+        "num_points": num_points,
+        "iters": iters,
+        "config_file": config_file,
+    }
+    for key in models:
+        result[key] = {
+            "median_s": statistics.median(times[key]),
+            "times_s": times[key],
+            "cpu_median_s": statistics.median(cpu_times[key]),
+        }
+    result["overhead"] = result["on"]["median_s"] / result["off"]["median_s"] - 1
+    result["paired_overhead_median"] = statistics.median(
+        a / b - 1 for a, b in zip(times["on"], times["off"])
+    )
+    result["cpu_overhead"] = result["on"]["cpu_median_s"] / result["off"]["cpu_median_s"] - 1
     return result
