@@ -132,6 +132,27 @@ def time_interleaved(
     return times
 
 
+def _time_models(steps, context, warmup: int, iters: int, device: str):
+    """:func:`time_interleaved` of ``steps`` inside ``context`` (``torch.no_grad()`` for
+    inference, an ``EventStorage`` for training); returns ``(times, cpu_times)``."""
+    cpu_times: Dict[str, List[float]] = {}
+    with context:
+        times = time_interleaved(
+            steps, warmup=warmup, iters=iters, device=device, cpu_times=cpu_times
+        )
+    return times, cpu_times
+
+
+def _setting(device: str, config_file: str, **sizes) -> Dict:
+    """The setting recorded with an interleaved comparison."""
+    return {
+        "device": device,
+        "threads": torch.get_num_threads(),
+        **sizes,
+        "config_file": config_file,
+    }
+
+
 def matmul_gflops(device: str = "cpu", size: Optional[int] = None, iters: int = 5) -> float:
     """GFLOP/s (``2 size^3`` FLOPs per product) of the fastest of ``iters`` square matrix
     products on ``device`` (float32 on the CPU, bf16 on CUDA as the benchmark runs there;
@@ -361,25 +382,13 @@ def compare_with_panoptic_fpn(
 
         return step
 
-    cpu_times: Dict[str, List[float]] = {}
-    with torch.no_grad():
-        times = time_interleaved(
-            {name: stepper(name) for name in models},
-            warmup=warmup,
-            iters=iters,
-            device=device,
-            cpu_times=cpu_times,
-        )
-    result = {
-        "device": device,
-        "threads": torch.get_num_threads(),
-        "height": height,
-        "width": width,
-        "batch_size": batch_size,
-        "iters": iters,
-        "config_file": config_file,
-        "shared_parameters": shared,
-    }
+    times, cpu_times = _time_models(
+        {name: stepper(name) for name in models}, torch.no_grad(), warmup, iters, device
+    )
+    result = _setting(
+        device, config_file, height=height, width=width, batch_size=batch_size, iters=iters
+    )
+    result["shared_parameters"] = shared
     for name, model in models.items():
         median = statistics.median(times[name])
         gmacs = _macs_per_image(model, batch[0], train=False)
@@ -459,25 +468,18 @@ def compare_point_branch(
 
         return step
 
-    cpu_times: Dict[str, List[float]] = {}
-    with EventStorage():
-        times = time_interleaved(
-            {key: stepper(key) for key in models},
-            warmup=warmup,
-            iters=iters,
-            device=device,
-            cpu_times=cpu_times,
-        )
-    result = {
-        "device": device,
-        "threads": torch.get_num_threads(),
-        "height": height,
-        "width": width,
-        "batch_size": batch_size,
-        "num_points": num_points,
-        "iters": iters,
-        "config_file": config_file,
-    }
+    times, cpu_times = _time_models(
+        {key: stepper(key) for key in models}, EventStorage(), warmup, iters, device
+    )
+    result = _setting(
+        device,
+        config_file,
+        height=height,
+        width=width,
+        batch_size=batch_size,
+        num_points=num_points,
+        iters=iters,
+    )
     for key in models:
         result[key] = {
             "median_s": statistics.median(times[key]),
