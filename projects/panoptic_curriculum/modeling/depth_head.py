@@ -92,7 +92,7 @@ class ColumnAttention(nn.Module):
     linear maps of the layer-normalised features concatenated with the pixel's two ray
     channels (so that attention can depend on where a pixel looks, e.g. prefer the rows below
     it). The output projection starts at zero: the residual ``x + attention(x)`` is the
-    identity before training. Written with plain matmul / softmax so that it exports to ONNX.
+    identity before training. Plain matmul and softmax (no fused attention kernel).
     """
 
     NUM_HEADS = 4
