@@ -42,7 +42,7 @@ import math
 import os
 import tempfile
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -163,7 +163,6 @@ class DepthEvaluator(DatasetEvaluator):
         """Forget everything processed so far."""
         self._records: List[dict] = []  # one per image with depth, see _image_record
         self._num_no_depth = 0  # inputs without "depth_file_name"
-        self._label_size_mismatch: List[str] = []  # label maps not of the depth's size
 
     @staticmethod
     def _original_fx(input: dict) -> Optional[float]:
@@ -219,7 +218,9 @@ class DepthEvaluator(DatasetEvaluator):
             sums[key] = (ratio < thr).sum()
         record["sums"] = {k: float(v) for k, v in sums.items()}
         if self._diagnostics:
-            labels = self._labels(input, tuple(gt.shape))
+            labels, mismatch = self._labels(input, tuple(gt.shape))
+            if mismatch:  # in the record, so that every process's mismatches reach the log
+                record["label_size_mismatch"] = mismatch
             record["diagnostics"] = image_diagnostics(
                 p,
                 g,
@@ -231,17 +232,17 @@ class DepthEvaluator(DatasetEvaluator):
             )
         return record
 
-    def _labels(self, input: dict, shape) -> Optional[torch.Tensor]:
-        """``[H, W]`` ground-truth class ids of the input, or None (no class names, no label
-        map, or a label map of another size than the depth: noted for the log)."""
+    def _labels(self, input: dict, shape) -> Tuple[Optional[torch.Tensor], Optional[str]]:
+        """``([H, W]`` ground-truth class ids of the input, or None; a note for the log when
+        its label map is of another size than the depth, else None)``. None labels: no class
+        names, no label map, or that size mismatch."""
         path = input.get("sem_seg_file_name")
         if not self._class_names or not path:
-            return None
+            return None, None
         labels = read_image(path, "L").squeeze(2)  # as the dataset mapper reads it
         if labels.shape != shape:
-            self._label_size_mismatch.append(f"{path} ({labels.shape} against depth {shape})")
-            return None
-        return torch.from_numpy(labels.astype("int64"))
+            return None, f"{path} ({labels.shape} against depth {shape})"
+        return torch.from_numpy(labels.astype("int64")), None
 
     def process(self, inputs: List[dict], outputs: List[dict]):
         """
@@ -326,11 +327,12 @@ class DepthEvaluator(DatasetEvaluator):
                 focal_bins=self._focal_bins,
                 class_names=self._class_names,
             )
-        if self._label_size_mismatch:
+        mismatched = [r["label_size_mismatch"] for r in records if "label_size_mismatch" in r]
+        if mismatched:
             self._logger.warning(
-                f"DepthEvaluator on {name}: {len(self._label_size_mismatch)} label map(s) "
-                "differ in size from their depth and are left out of the per-class depth "
-                f"diagnostics, e.g. {self._label_size_mismatch[0]}"
+                f"DepthEvaluator on {name}: {len(mismatched)} label map(s) differ in size from "
+                "their depth and are left out of the per-class depth diagnostics, e.g. "
+                f"{mismatched[0]}"
             )
 
         self._logger.info(
