@@ -34,14 +34,15 @@ from panoptic_curriculum.data.depth_io import read_depth, read_image
 from panoptic_curriculum.engine import PanopticCurriculumTrainer
 from panoptic_curriculum.engine.checkpoint import AtomicCheckpointer, atomic_write_text
 from panoptic_curriculum.evaluation.depth_diagnostics import (
+    aggregate_diagnostics,
     distance_bin_names,
     distance_trend,
     image_diagnostics,
 )
 
 logger = logging.getLogger("panoptic_curriculum.depth_trend")
-# the pooled pixel table's columns: (key in the output, per-bin sum of image_diagnostics)
-_PIXEL_KEYS = (("AbsRel", "abs_rel"), ("d1", "d1"), ("log_ratio", "log_ratio"))
+# the pooled pixel table's columns (aggregate_diagnostics' per-bin keys)
+_PIXEL_KEYS = ("AbsRel", "d1", "log_ratio")
 
 
 def parse_args(argv=None):
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
     AtomicCheckpointer(model).load(cfg.MODEL.WEIGHTS, checkpointables=[])
     loader = PanopticCurriculumTrainer.build_test_loader(cfg, dataset)
     depths, ratios, skipped = [], [], 0
-    pixel_sums = None  # per distance bin, sums over the class's pixels of every image
+    records = []  # per image, image_diagnostics of the class's pixels (pooled below)
     with torch.no_grad():
         for inputs in loader:
             outputs = model(inputs)
@@ -97,34 +98,30 @@ def main(argv=None) -> int:
                 g = gt[mask].astype(np.float64)
                 pred = np.clip(pred, cfg.INPUT.DEPTH.MIN_DEPTH, cfg.INPUT.DEPTH.MAX_DEPTH)
                 if mask.any():
-                    sums = image_diagnostics(
-                        torch.from_numpy(pred),
-                        torch.from_numpy(g),
-                        distance_bins=args.bins,
-                        near_far_threshold=args.bins[-1],
-                    )["bins"]
-                    pixel_sums = sums if pixel_sums is None else {
-                        k: [a + b for a, b in zip(pixel_sums[k], v)] for k, v in sums.items()
-                    }
+                    records.append(
+                        image_diagnostics(
+                            torch.from_numpy(pred),
+                            torch.from_numpy(g),
+                            distance_bins=args.bins,
+                            near_far_threshold=args.bins[-1],
+                        )
+                    )
                 if mask.sum() < args.min_pixels:
                     skipped += 1
                     continue
                 depths.append(float(np.median(g)))
                 ratios.append(float(np.median(np.log(pred) - np.log(g))))
     trend = distance_trend(depths, ratios, args.bins)
-    pixel_bins = []
-    for k, name in enumerate(distance_bin_names(args.bins)):
-        n = pixel_sums["count"][k] if pixel_sums else 0
-        pixel_bins.append(
-            {
-                "bin": name,
-                "pixels": int(n),
-                **{
-                    key: pixel_sums[src][k] / n if n else float("nan")
-                    for key, src in _PIXEL_KEYS
-                },
-            }
-        )
+    # the evaluator's pooling of per-bin sums, over the class's pixels of every image
+    pooled = aggregate_diagnostics(records, distance_bins=args.bins)
+    pixel_bins = [
+        {
+            "bin": name,
+            "pixels": int(sum(r["bins"]["count"][k] for r in records)),
+            **{key: pooled.get(f"{key}_{name}", float("nan")) for key in _PIXEL_KEYS},
+        }
+        for k, name in enumerate(distance_bin_names(args.bins))
+    ]
     result = {
         "dataset": dataset,
         "class": args.class_name,
