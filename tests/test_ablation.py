@@ -84,10 +84,14 @@ def test_point_training_variants_mean_the_same_whatever_the_config_sets():
         "curriculum_point_balanced": ("class_balanced", True, "both"),
         "curriculum_point_balanced_to_3d": ("class_balanced", True, "to_3d"),
         "curriculum_better_teaches": ("class_balanced", True, "better_teaches"),
+        "curriculum_image_features": ("class_balanced", True, "to_3d"),
+        "curriculum_image_features_plane": ("class_balanced", True, "to_3d"),
     }
     for name, values in expected.items():
         c = variant_config(cfg, name, 0, "out", {"semantic": 1})
         assert tuple(getattr(c.MODEL.POINT_HEAD, k) for k in keys) == values, name
+        assert c.MODEL.POINT_HEAD.USE_IMAGE_FEATURES == name.startswith("curriculum_image")
+        assert c.MODEL.POINT_HEAD.LIFT == ("plane" if name.endswith("_plane") else "depth")
     # curriculum_point_uniform is the plugin's defaults
     plugin = get_cfg()
     add_panoptic_curriculum_config(plugin)

@@ -18,6 +18,7 @@ from panoptic_curriculum.modeling.point_head import (
 )
 
 CLASSES = [f"c{i}" for i in range(NUM_CLASSES)]
+MAIN_CONFIG = "configs/synthetic/curriculum_R18_FPN.yaml"
 
 
 def test_class_balanced_weights_give_each_present_class_the_same_mass():
@@ -129,6 +130,7 @@ def test_class_balanced_sampling_puts_points_on_small_objects():
         ("MODEL.POINT_HEAD.CONSISTENCY_DIRECTION", "sideways"),
         ("MODEL.POINT_HEAD.SAMPLING", "random"),
         ("MODEL.POINT_HEAD.DETACH_DEPTH", "yes"),
+        ("MODEL.POINT_HEAD.LIFT", "sphere"),
         ("MODEL.POINT_HEAD.COMPILE_BACKEND", "no_such_backend"),
     ],
 )
@@ -163,3 +165,100 @@ def test_compiled_point_head_gives_the_same_losses_and_checkpoint_keys():
         torch.testing.assert_close(compiled[1][k], plain[1][k])
     for n in plain[2]:
         torch.testing.assert_close(compiled[2][n], plain[2][n])
+
+
+def _train_step(*overrides, steps=2):
+    """``steps`` SGD steps of the tiny main-job model on two fake samples, built and trained
+    from seed 0 as a training run does (no reseeding between); returns the model, the last
+    step's losses and the global RNG state after them."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("configs/synthetic/curriculum_R18_FPN.yaml", *overrides))
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    batch = [fake_sample(seed=0), fake_sample(seed=1, num_instances=1)]
+    with EventStorage():
+        for _ in range(steps):
+            losses = model(batch)
+            opt.zero_grad()
+            sum(losses.values()).backward()
+            opt.step()
+    return model, losses, torch.get_rng_state()
+
+
+def test_point_branch_leaves_the_rest_of_the_run_as_without_it():
+    """The branch samples its pixels with its own generator: with L_consist to the 3D side, a
+    detached depth and xyz only (no image features) the branch on or off gives the same
+    global random stream, the same 2D losses and the same weights outside the branch, bit for
+    bit, after building the model and two training steps; and its own draws are a function
+    of the seed."""
+    xyz_only = ("MODEL.POINT_HEAD.USE_IMAGE_FEATURES", False)  # image features reach the encoder
+    on, losses_on, rng_on = _train_step(*xyz_only)
+    off, losses_off, rng_off = _train_step(*xyz_only, "MODEL.POINT_HEAD.ENABLED", False)
+    assert on.point_head is not None and off.point_head is None
+    assert "loss_consistency" in losses_on and "loss_consistency" not in losses_off
+    assert torch.equal(rng_on, rng_off)
+    for k, v in losses_off.items():
+        assert torch.equal(losses_on[k], v), k
+    weights_off = off.state_dict()
+    for k, v in on.state_dict().items():
+        if not k.startswith("point_head."):
+            assert torch.equal(v, weights_off[k]), k
+    # the branch's own draws: equal for one seed, different for another
+    valid = torch.ones(2, 16, 20, dtype=torch.bool)
+    draws = []
+    for seed in (5, 5, 6):
+        torch.manual_seed(seed)
+        model = build_model(tiny_cfg())
+        draws.append(sample_pixels(valid, 32, generator=model.point_generator("cpu"))[0])
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+
+
+def test_point_generator_state_travels_in_the_checkpoint():
+    """RNGStateHook saves the point branch's generator with the global ones; loading the
+    state makes the branch draw what it drew after the save."""
+    from types import SimpleNamespace
+
+    from panoptic_curriculum.engine.hooks import RNGStateHook
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg())
+    hook = RNGStateHook()
+    hook.trainer = SimpleNamespace(model=model)
+    assert "point_branch" not in hook.state_dict()  # not made before the branch's first use
+    valid = torch.ones(1, 16, 20, dtype=torch.bool)
+    sample_pixels(valid, 8, generator=model.point_generator("cpu"))
+    state = hook.state_dict()
+    expected = sample_pixels(valid, 8, generator=model.point_generator("cpu"))[0]
+    fresh = build_model(tiny_cfg())
+    hook.trainer = SimpleNamespace(model=fresh)
+    hook.load_state_dict(state)
+    assert torch.equal(sample_pixels(valid, 8, generator=fresh.point_generator("cpu"))[0], expected)
+
+
+def test_plane_lift_keeps_the_image_layout_and_drops_the_depth():
+    """MODEL.POINT_HEAD.LIFT plane (the geometry control): every sampled pixel is lifted to
+    z = 10 m through K, so x / z and y / z are its ray's, whatever the predicted depth; the
+    default lifts the predicted depth."""
+    from panoptic_curriculum.evaluation.point_branch import record_point_branch
+    from panoptic_curriculum.modeling.meta_arch import PLANE_DEPTH_M
+
+    batch = [fake_sample(seed=0), fake_sample(seed=1, num_instances=1)]
+    xyz = {}
+    for lift in ("depth", "plane"):
+        torch.manual_seed(0)
+        model = build_model(tiny_cfg(MAIN_CONFIG, "MODEL.POINT_HEAD.LIFT", lift))
+        model.train()
+        with EventStorage(), record_point_branch(model) as records:
+            model(batch)
+        rec = records[0]
+        ok = rec["point_valid"]
+        K = rec["K"]
+        u, v = rec["uv"][..., 0].float(), rec["uv"][..., 1].float()  # centres at integers
+        ray_x = (u - K[:, 0, 2, None]) / K[:, 0, 0, None]
+        ray_y = (v - K[:, 1, 2, None]) / K[:, 1, 1, None]
+        p = rec["xyz"]
+        assert torch.allclose((p[..., 0] / p[..., 2])[ok], ray_x[ok], atol=1e-4)
+        assert torch.allclose((p[..., 1] / p[..., 2])[ok], ray_y[ok], atol=1e-4)
+        xyz[lift] = p[ok]
+    assert torch.all(xyz["plane"][:, 2] == PLANE_DEPTH_M)
+    assert xyz["depth"][:, 2].std() > 0  # the predicted depth varies

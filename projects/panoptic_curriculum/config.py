@@ -187,6 +187,10 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     # the points, so small objects are not a few dozen points among thousands).
     # Inference always samples uniformly.
     cfg.MODEL.POINT_HEAD.SAMPLING = "uniform"
+    # What the branch lifts: "depth" (the predicted depth, with K) or "plane" (every pixel at
+    # 10 m: the points keep their image layout and lose the scene's 3D shape; the control
+    # that tells what the geometry gives the branch from what its losses give).
+    cfg.MODEL.POINT_HEAD.LIFT = "depth"
     # Lift a detached copy of the predicted depth: L_3D-seg and L_consist then do not train
     # the depth head (only L_depth does).
     cfg.MODEL.POINT_HEAD.DETACH_DEPTH = False

@@ -192,7 +192,7 @@ def _check_depth_head(c: _Checker) -> None:
 
 
 def _check_point_head(c: _Checker) -> None:
-    from .modeling.meta_arch import CONSISTENCY_DIRECTIONS, POINT_SAMPLING
+    from .modeling.meta_arch import CONSISTENCY_DIRECTIONS, POINT_LIFT, POINT_SAMPLING
     from .modeling.point_head.losses import CONSISTENCY_KINDS
     from .modeling.point_head.pointnet2 import _NORMS
 
@@ -231,6 +231,7 @@ def _check_point_head(c: _Checker) -> None:
     c.number(ph + "CONSISTENCY_WEIGHT", 0.0, "weight of loss_consistency")
     c.one_of(ph + "CONSISTENCY_DIRECTION", CONSISTENCY_DIRECTIONS, "side L_consist trains")
     c.one_of(ph + "SAMPLING", POINT_SAMPLING, "pixels the point branch samples in training")
+    c.one_of(ph + "LIFT", POINT_LIFT, "what the point branch lifts")
     c.boolean(ph + "DETACH_DEPTH")
     import torch._dynamo
 

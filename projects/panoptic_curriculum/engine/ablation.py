@@ -31,6 +31,12 @@ Variants (``VARIANTS``):
   gives the point's label the higher probability teaches the other
   (``CONSISTENCY_DIRECTION better_teaches``), so the point network trains the 2D head only
   where it is the more correct of the two;
+* ``curriculum_image_features``: the main job's point training, the point network also
+  fed the encoder's features at its points (``USE_IMAGE_FEATURES``; not detached, so
+  L_3D-seg and L_consist also train the shared encoder);
+* ``curriculum_image_features_plane``: the same, every pixel lifted to a plane at 10 m
+  (``LIFT plane``): the points keep their image layout, not the scene's 3D shape, so the
+  difference to ``curriculum_image_features`` is what the geometry adds;
 * ``joint_scratch``: the whole multi-task model trained jointly from random initialisation;
 * ``semantic_only``, ``instance_only``, ``depth_only``: one task, one model.
 
@@ -106,7 +112,13 @@ def _only(sem: bool, inst: bool, depth: bool) -> List:
     ]
 
 
-def _point_training(sampling: str, detach_depth: bool, direction: str) -> List:
+def _point_training(
+    sampling: str,
+    detach_depth: bool,
+    direction: str,
+    image_features: bool = False,
+    lift: str = "depth",
+) -> List:
     """How the point branch trains, every key set (a variant means the same whatever the
     config sets)."""
     return [
@@ -116,6 +128,10 @@ def _point_training(sampling: str, detach_depth: bool, direction: str) -> List:
         detach_depth,
         "MODEL.POINT_HEAD.CONSISTENCY_DIRECTION",
         direction,
+        "MODEL.POINT_HEAD.USE_IMAGE_FEATURES",
+        image_features,
+        "MODEL.POINT_HEAD.LIFT",
+        lift,
     ]
 
 
@@ -133,6 +149,13 @@ VARIANTS: Dict[str, Variant] = {
     ),
     "curriculum_better_teaches": Variant(
         True, _point_training("class_balanced", True, "better_teaches")
+    ),
+    "curriculum_image_features": Variant(
+        True, _point_training("class_balanced", True, "to_3d", image_features=True)
+    ),
+    "curriculum_image_features_plane": Variant(
+        True,
+        _point_training("class_balanced", True, "to_3d", image_features=True, lift="plane"),
     ),
     "joint_scratch": Variant(False),
     "semantic_only": Variant(False, _only(True, False, False), ("sem_seg",)),

@@ -1,5 +1,6 @@
 """Training hooks of the plugin."""
 
+import logging
 import random
 
 import numpy as np
@@ -9,12 +10,19 @@ from detectron2.engine import HookBase
 
 __all__ = ["RNGStateHook"]
 
+logger = logging.getLogger(__name__)
+
 
 class RNGStateHook(HookBase):
     """Makes the random number generators part of every checkpoint (through the trainer's
     ``state_dict``), so that a resumed run draws the same random numbers (proposal sampling,
-    point sampling, dropout) as an uninterrupted one. Stored as tensors and plain numbers,
-    loadable with ``torch.load(weights_only=True)``."""
+    point sampling, dropout) as an uninterrupted one: the global generators and the point
+    branch's own (:meth:`PanopticCurriculumModel.point_generator`). Stored as tensors and
+    plain numbers, loadable with ``torch.load(weights_only=True)``."""
+
+    def _model(self):
+        model = self.trainer.model
+        return getattr(model, "module", model)  # DistributedDataParallel's wrapped model
 
     def state_dict(self):
         name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -36,6 +44,12 @@ class RNGStateHook(HookBase):
         }
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
+        point_rng = getattr(self._model(), "_point_rng", None)
+        if point_rng is not None:
+            state["point_branch"] = {
+                "device": str(point_rng.device),
+                "state": point_rng.get_state(),
+            }
         return state
 
     def load_state_dict(self, state):
@@ -48,3 +62,16 @@ class RNGStateHook(HookBase):
         random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss"]))
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+        model = self._model()
+        if "point_branch" in state and hasattr(model, "point_generator"):
+            saved = state["point_branch"]
+            here = model.device
+            if torch.device(saved["device"]).type != here.type:  # CPU and CUDA states differ
+                logger.warning(
+                    "the checkpoint's point-branch generator was on %s, the model is on %s: "
+                    "the branch's pixel sampling starts a fresh stream",
+                    saved["device"],
+                    here,
+                )
+            else:
+                model.point_generator(here).set_state(saved["state"])

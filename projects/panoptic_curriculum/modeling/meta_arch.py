@@ -41,6 +41,10 @@ __all__ = ["PanopticCurriculumModel", "CONSISTENCY_DIRECTIONS", "POINT_SAMPLING"
 CONSISTENCY_DIRECTIONS = ("both", "to_3d", "to_2d", "better_teaches")
 #: MODEL.POINT_HEAD.SAMPLING: training-time pixel sampling of the point branch
 POINT_SAMPLING = ("uniform", "class_balanced")
+#: MODEL.POINT_HEAD.LIFT: what the point branch lifts (see ``PanopticCurriculumModel``)
+POINT_LIFT = ("depth", "plane")
+#: metres: the depth of every pixel when MODEL.POINT_HEAD.LIFT is "plane"
+PLANE_DEPTH_M = 10.0
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +95,18 @@ def _raise_if_not_finite(losses: Dict[str, torch.Tensor]) -> None:
     )
 
 
+def _build_point_head_rng_neutral(cfg, in_channels: int) -> nn.Module:
+    """The point network, initialised from the global generator's current state, which is
+    then restored: the rest of the run (training's dropout masks, Mask R-CNN's sampling)
+    draws what it would draw without the branch (see ``point_generator``)."""
+    with torch.random.fork_rng(devices=[]):
+        return build_point_head(cfg, in_channels)
+
+
+# mixed into the point branch's generator seed so that its stream is not the global one's
+_POINT_SEED_SALT = 0x3D5EED
+
+
 @META_ARCH_REGISTRY.register()
 class PanopticCurriculumModel(nn.Module):
     """Shared encoder with a DeepLabV3+ semantic decoder, a Mask R-CNN instance decoder, a
@@ -134,6 +150,7 @@ class PanopticCurriculumModel(nn.Module):
         consistency_loss: str = "js",
         consistency_direction: str = "both",
         point_sampling: str = "uniform",
+        point_lift: str = "depth",
         detach_depth: bool = False,
         num_points: int = 4096,
         use_image_features: bool = False,
@@ -169,6 +186,10 @@ class PanopticCurriculumModel(nn.Module):
                 :func:`point_head.route_to_better_teacher`).
             point_sampling: training-time pixel sampling, "uniform" or "class_balanced"
                 (:func:`point_head.class_balanced_weights`).
+            point_lift: "depth" (the predicted depth is lifted with K) or "plane" (every
+                pixel at ``PLANE_DEPTH_M`` metres: the points keep their image layout and
+                lose the scene's 3D shape; the control that separates what the geometry
+                gives the branch from what its losses give).
             detach_depth: lift a detached depth, so that the point-branch losses do not
                 reach the depth head.
             num_points: points sampled per image for the point branch.
@@ -223,8 +244,13 @@ class PanopticCurriculumModel(nn.Module):
                 f"MODEL.POINT_HEAD.SAMPLING must be one of {POINT_SAMPLING}, got "
                 f"{point_sampling!r}"
             )
+        if point_lift not in POINT_LIFT:
+            raise ValueError(
+                f"MODEL.POINT_HEAD.LIFT must be one of {POINT_LIFT}, got {point_lift!r}"
+            )
         self.consistency_direction = consistency_direction
         self.point_sampling = point_sampling
+        self.point_lift = point_lift
         self.detach_depth = detach_depth
         self.num_points = num_points
         self.use_image_features = use_image_features
@@ -237,6 +263,9 @@ class PanopticCurriculumModel(nn.Module):
             self._point_head_compiled = torch.compile(
                 point_head.forward, backend=point_head_compile
             )
+        # the point branch's own random generator (pixel sampling), made at its first use:
+        # see :meth:`point_generator`
+        self._point_rng: Optional[torch.Generator] = None
         # set to a list by ``evaluation.point_branch.record_point_branch``: each training
         # forward then appends its point-branch tensors (detached) for diagnostics
         self.point_branch_record: Optional[List[Dict[str, torch.Tensor]]] = None
@@ -291,7 +320,7 @@ class PanopticCurriculumModel(nn.Module):
             "instance_adapter": build_instance_adapter(cfg, shapes) if instance_on else None,
             "depth_head": build_depth_head(cfg, shapes) if depth_on else None,
             "point_head": (
-                build_point_head(cfg, shapes[feat_name].channels if use_img else 0)
+                _build_point_head_rng_neutral(cfg, shapes[feat_name].channels if use_img else 0)
                 if point_on
                 else None
             ),
@@ -304,6 +333,7 @@ class PanopticCurriculumModel(nn.Module):
             "consistency_loss": cfg.MODEL.POINT_HEAD.CONSISTENCY_LOSS,
             "consistency_direction": cfg.MODEL.POINT_HEAD.CONSISTENCY_DIRECTION,
             "point_sampling": cfg.MODEL.POINT_HEAD.SAMPLING,
+            "point_lift": cfg.MODEL.POINT_HEAD.LIFT,
             "detach_depth": cfg.MODEL.POINT_HEAD.DETACH_DEPTH,
             "num_points": cfg.MODEL.POINT_HEAD.NUM_POINTS,
             "use_image_features": use_img,
@@ -371,6 +401,13 @@ class PanopticCurriculumModel(nn.Module):
         cols = torch.arange(w, device=self.device)[None, None, :] < sizes[:, 1, None, None]
         return rows & cols
 
+    def _lifted_depth(self, depth: torch.Tensor) -> torch.Tensor:
+        """The ``[B, H, W]`` depth (metres) the point branch lifts: ``depth`` itself, or a
+        plane at ``PLANE_DEPTH_M`` when MODEL.POINT_HEAD.LIFT is "plane"."""
+        if self.point_lift == "plane":
+            return torch.full_like(depth, PLANE_DEPTH_M)
+        return depth
+
     def _point_branch(self, features, sem_logits, depth, K, valid, weights=None):
         """Sample pixels where ``valid`` ([B,H,W]; with ``weights`` [B,H,W], weighted
         sampling), lift them with the predicted ``depth`` ([B,H,W] metres) and ``K``
@@ -381,7 +418,9 @@ class PanopticCurriculumModel(nn.Module):
             metres, ``logits_3d`` and ``logits_2d`` [B,N,C].
         """
         b, h, w = depth.shape
-        pixel_idx, point_valid = sample_pixels(valid, self.num_points, weights=weights)
+        pixel_idx, point_valid = sample_pixels(
+            valid, self.num_points, generator=self.point_generator(valid.device), weights=weights
+        )
         uv = torch.stack([pixel_idx % w, pixel_idx // w], dim=-1)
         d = torch.gather(depth.flatten(1), 1, pixel_idx)
         xyz = backproject_pixels(d, uv, K)
@@ -411,6 +450,26 @@ class PanopticCurriculumModel(nn.Module):
         if point_feats is not None:
             out["point_feats"] = point_feats
         return out
+
+    def point_generator(self, device) -> torch.Generator:
+        """The point branch's own ``torch.Generator`` on ``device``, for its pixel sampling.
+
+        The branch does not draw from the global generator, which also draws the ASPP's
+        dropout masks and Mask R-CNN's proposal and ROI sampling: switching the branch on or
+        off (or changing its number of points) then leaves every other random draw of a run
+        as it was, so that a with/without comparison at one seed differs by what the branch
+        teaches, not by a shifted random stream. Made at its first use and seeded from
+        ``torch.initial_seed()`` (detectron2 seeds the global generator with ``SEED + rank``),
+        so it is a function of the run's seed and rank; its state travels in the checkpoints
+        (:class:`panoptic_curriculum.engine.hooks.RNGStateHook`).
+        """
+        device = torch.device(device)
+        g = self._point_rng
+        if g is None or g.device != device:
+            g = torch.Generator(device=device)
+            g.manual_seed(torch.initial_seed() ^ _POINT_SEED_SALT)
+            self._point_rng = g
+        return g
 
     def probe_inputs(self, height: int = 64, width: int = 96, batch_size: int = 2):
         """A small synthetic training batch that runs every branch that is built: each image
@@ -505,7 +564,7 @@ class PanopticCurriculumModel(nn.Module):
             weights = None
             if self.point_sampling == "class_balanced":
                 weights = class_balanced_weights(targets, valid, sem_logits.shape[1])
-            lifted = depth.detach() if self.detach_depth else depth
+            lifted = self._lifted_depth(depth.detach() if self.detach_depth else depth)
             out = self._point_branch(features, sem_logits, lifted, K, valid, weights)
             labels = torch.gather(targets.flatten(1), 1, out["pixel_idx"])
             losses["loss_sem_seg_3d"] = self.point_loss_weight * point_cross_entropy(
@@ -595,7 +654,9 @@ class PanopticCurriculumModel(nn.Module):
             if self.no_surface_classes:  # e.g. sky: no surface to lift, never trained on
                 no_surface = torch.as_tensor(self.no_surface_classes, device=self.device)
                 valid &= ~torch.isin(channel_argmax(sem_logits), no_surface)
-            point_out = self._point_branch(features, sem_logits, depth, K, valid)
+            point_out = self._point_branch(
+                features, sem_logits, self._lifted_depth(depth), K, valid
+            )
 
         results = []
         for i, (x, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):
