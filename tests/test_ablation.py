@@ -97,9 +97,10 @@ def test_point_training_variants_mean_the_same_whatever_the_config_sets():
     add_panoptic_curriculum_config(plugin)
     plugin_defaults = tuple(getattr(plugin.MODEL.POINT_HEAD, k) for k in keys)
     assert plugin_defaults == expected["curriculum_point_uniform"]
-    # the main job's config is the measured best of the three
+    # the main job's config is the measured best: balanced, detached, to_3d, image features
     main = tuple(getattr(cfg.MODEL.POINT_HEAD, k) for k in keys)
-    assert main == expected["curriculum_point_balanced_to_3d"]
+    assert main == expected["curriculum_image_features"]
+    assert cfg.MODEL.POINT_HEAD.USE_IMAGE_FEATURES and cfg.MODEL.POINT_HEAD.LIFT == "depth"
 
 
 def test_ablation_runs_measures_and_resumes(small_split, tmp_path):

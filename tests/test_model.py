@@ -179,11 +179,12 @@ def test_consistency_gradient_reaches_every_part():
 
 
 def test_main_config_consistency_teaches_the_point_network_only(model):
-    """The main job's config: the 2D head teaches the point network; neither the 2D side,
-    the encoder nor the depth head gets L_consist's gradient."""
+    """The main job's config: the 2D head teaches the point network; neither the 2D head nor
+    the depth head (detached depth) gets L_consist's gradient; the encoder does, through the
+    image features the point network samples (USE_IMAGE_FEATURES)."""
     norms = _consistency_grad_norms(model)
-    assert norms["point_head"] > 0
-    for part in ("sem_seg_head", "depth_head", "backbone", "roi_heads"):
+    assert norms["point_head"] > 0 and norms["backbone"] > 0
+    for part in ("sem_seg_head", "depth_head", "roi_heads"):
         assert norms[part] == 0, part
 
 

@@ -262,3 +262,23 @@ def test_plane_lift_keeps_the_image_layout_and_drops_the_depth():
         xyz[lift] = p[ok]
     assert torch.all(xyz["plane"][:, 2] == PLANE_DEPTH_M)
     assert xyz["depth"][:, 2].std() > 0  # the predicted depth varies
+
+
+def test_preserved_point_generator_restores_the_stream():
+    """A side computation inside ``preserved_point_generator`` leaves the branch's next draws
+    as they were; with a seed, the block's own draws are reproducible."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg())
+    valid = torch.ones(1, 16, 20, dtype=torch.bool)
+    draw = lambda: sample_pixels(valid, 8, generator=model.point_generator("cpu"))[0]  # noqa
+    draw()
+    state = model.point_generator("cpu").get_state()
+    with model.preserved_point_generator():
+        draw()
+    assert torch.equal(model.point_generator("cpu").get_state(), state)
+    with model.preserved_point_generator(seed=3):
+        a = draw()
+    with model.preserved_point_generator(seed=3):
+        b = draw()
+    assert torch.equal(a, b)
+    assert torch.equal(model.point_generator("cpu").get_state(), state)

@@ -25,15 +25,15 @@ Variants (``VARIANTS``):
   copy of the predicted depth (L_3D-seg and L_consist do not train the depth head),
   L_consist both ways;
 * ``curriculum_point_balanced_to_3d``: the same, with L_consist one way, the 2D head
-  teaching the point network (``CONSISTENCY_DIRECTION to_3d``: no gradient to the 2D side);
-  the synthetic main job's config;
+  teaching the point network (``CONSISTENCY_DIRECTION to_3d``: no gradient to the 2D side),
+  xyz only;
 * ``curriculum_better_teaches``: the same, with L_consist routed per point: the side that
   gives the point's label the higher probability teaches the other
   (``CONSISTENCY_DIRECTION better_teaches``), so the point network trains the 2D head only
   where it is the more correct of the two;
-* ``curriculum_image_features``: the main job's point training, the point network also
-  fed the encoder's features at its points (``USE_IMAGE_FEATURES``; not detached, so
-  L_3D-seg and L_consist also train the shared encoder);
+* ``curriculum_image_features``: the same, the point network also fed the encoder's
+  features at its points (``USE_IMAGE_FEATURES``; not detached, so L_3D-seg and L_consist
+  also train the shared encoder): the synthetic main job's config;
 * ``curriculum_image_features_plane``: the same, every pixel lifted to a plane at 10 m
   (``LIFT plane``): the points keep their image layout, not the scene's 3D shape, so the
   difference to ``curriculum_image_features`` is what the geometry adds;

@@ -10,6 +10,7 @@ handles that at the price of a graph traversal per step, so :func:`create_ddp_mo
 on only where a probe step finds such parameters.
 """
 
+import contextlib
 import logging
 import random
 from typing import List
@@ -51,7 +52,9 @@ def unused_parameters(model: torch.nn.Module, inputs) -> List[str]:
         else []
     )
     try:
-        with torch.random.fork_rng(devices=devices), EventStorage(0):
+        # the point branch's own generator too (the probe must not change what training draws)
+        keep_points = getattr(model, "preserved_point_generator", contextlib.nullcontext)
+        with torch.random.fork_rng(devices=devices), EventStorage(0), keep_points():
             for _, p in trainable:
                 p.grad = None
             model.train()

@@ -209,8 +209,12 @@ class PointCloudDumpHook(HookBase):
         try:
             model.eval()
             model.point_inference = True
+            # the point branch's own generator too, seeded for the dump and then restored
+            keep = getattr(model, "preserved_point_generator", None)
+            keep_points = contextlib.nullcontext() if keep is None else keep(self.seed)
             with preserved_rng_state(_model_device(model), self.seed), torch.no_grad():
-                return model([dict(self._sample)])[0]
+                with keep_points:
+                    return model([dict(self._sample)])[0]
         finally:
             for m, training in modes:
                 m.training = training

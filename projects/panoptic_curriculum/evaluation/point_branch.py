@@ -185,7 +185,11 @@ def point_branch_diagnostics(
     loss_values: Dict[str, List[float]] = {}
     num_batches = 0
     try:
-        with EventStorage(0), record_point_branch(model) as records:
+        # the point branch's generator is left as it was (a diagnostic draws nothing from
+        # the training stream)
+        with EventStorage(0), record_point_branch(model) as records, (
+            model.preserved_point_generator()
+        ):
             for batch in batches:
                 losses = model(batch)
                 rec = records.pop()

@@ -1,7 +1,8 @@
 """The multi-task meta-architecture: one encoder, one forward pass, four outputs."""
 
+import contextlib
 import logging
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -470,6 +471,25 @@ class PanopticCurriculumModel(nn.Module):
             g.manual_seed(torch.initial_seed() ^ _POINT_SEED_SALT)
             self._point_rng = g
         return g
+
+    @contextlib.contextmanager
+    def preserved_point_generator(self, seed: Optional[int] = None) -> Iterator[None]:
+        """Within the block the point branch draws as usual (from a generator seeded with
+        ``seed`` when given); on exit its generator is as before the block, so that a side
+        computation (a diagnostic forward, a point-cloud dump, the unused-parameter probe)
+        does not change what training draws next."""
+        saved = self._point_rng
+        state = None if saved is None else saved.get_state()
+        try:
+            if seed is not None:
+                g = torch.Generator(device=self.device)
+                g.manual_seed(seed ^ _POINT_SEED_SALT)
+                self._point_rng = g
+            yield
+        finally:
+            self._point_rng = saved
+            if saved is not None:
+                saved.set_state(state)
 
     def probe_inputs(self, height: int = 64, width: int = 96, batch_size: int = 2):
         """A small synthetic training batch that runs every branch that is built: each image
