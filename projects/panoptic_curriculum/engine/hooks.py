@@ -5,12 +5,20 @@ import random
 
 import numpy as np
 import torch
+from torch import nn
 
 from detectron2.engine import HookBase
 
-__all__ = ["RNGStateHook"]
+__all__ = ["RNGStateHook", "unwrap_model"]
 
 logger = logging.getLogger(__name__)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside (possibly nested) DistributedDataParallel / DataParallel wrappers."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
 
 
 class RNGStateHook(HookBase):
@@ -19,10 +27,6 @@ class RNGStateHook(HookBase):
     point sampling, dropout) as an uninterrupted one: the global generators and the point
     branch's own (:meth:`PanopticCurriculumModel.point_generator`). Stored as tensors and
     plain numbers, loadable with ``torch.load(weights_only=True)``."""
-
-    def _model(self):
-        model = self.trainer.model
-        return getattr(model, "module", model)  # DistributedDataParallel's wrapped model
 
     def state_dict(self):
         name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -44,7 +48,8 @@ class RNGStateHook(HookBase):
         }
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
-        point_rng = getattr(self._model(), "_point_rng", None)
+        made = getattr(unwrap_model(self.trainer.model), "point_generator_made", None)
+        point_rng = None if made is None else made()
         if point_rng is not None:
             state["point_branch"] = {
                 "device": str(point_rng.device),
@@ -62,7 +67,7 @@ class RNGStateHook(HookBase):
         random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss"]))
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
-        model = self._model()
+        model = unwrap_model(self.trainer.model)
         if "point_branch" in state and hasattr(model, "point_generator"):
             saved = state["point_branch"]
             here = model.device

@@ -47,6 +47,7 @@ from ..utils.visualization import (
     labels_at_pixels,
     save_point_cloud_ply,
 )
+from .hooks import unwrap_model as _unwrap
 
 __all__ = ["PointCloudDumpHook", "build_pointcloud_hook", "preserved_rng_state", "AGREEMENT_KEY"]
 
@@ -85,13 +86,6 @@ def preserved_rng_state(
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The model inside (possibly nested) DistributedDataParallel / DataParallel wrappers."""
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
 
 
 def _model_device(model: nn.Module) -> torch.device:

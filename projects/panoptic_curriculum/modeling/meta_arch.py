@@ -108,6 +108,13 @@ def _build_point_head_rng_neutral(cfg, in_channels: int) -> nn.Module:
 _POINT_SEED_SALT = 0x3D5EED
 
 
+def _point_generator(device: torch.device, seed: int) -> torch.Generator:
+    """A generator on ``device`` for the point branch's draws, seeded from ``seed``."""
+    g = torch.Generator(device=device)
+    g.manual_seed(seed ^ _POINT_SEED_SALT)
+    return g
+
+
 @META_ARCH_REGISTRY.register()
 class PanopticCurriculumModel(nn.Module):
     """Shared encoder with a DeepLabV3+ semantic decoder, a Mask R-CNN instance decoder, a
@@ -465,12 +472,14 @@ class PanopticCurriculumModel(nn.Module):
         (:class:`panoptic_curriculum.engine.hooks.RNGStateHook`).
         """
         device = torch.device(device)
-        g = self._point_rng
-        if g is None or g.device != device:
-            g = torch.Generator(device=device)
-            g.manual_seed(torch.initial_seed() ^ _POINT_SEED_SALT)
-            self._point_rng = g
-        return g
+        if self._point_rng is None or self._point_rng.device != device:
+            self._point_rng = _point_generator(device, torch.initial_seed())
+        return self._point_rng
+
+    def point_generator_made(self) -> Optional[torch.Generator]:
+        """The point branch's generator if its first use has made it, else None (nothing to
+        save in a checkpoint yet)."""
+        return self._point_rng
 
     @contextlib.contextmanager
     def preserved_point_generator(self, seed: Optional[int] = None) -> Iterator[None]:
@@ -482,9 +491,7 @@ class PanopticCurriculumModel(nn.Module):
         state = None if saved is None else saved.get_state()
         try:
             if seed is not None:
-                g = torch.Generator(device=self.device)
-                g.manual_seed(seed ^ _POINT_SEED_SALT)
-                self._point_rng = g
+                self._point_rng = _point_generator(self.device, seed)
             yield
         finally:
             self._point_rng = saved
