@@ -9,6 +9,7 @@ import yaml
 
 from detectron2.config import get_cfg
 
+from panoptic_curriculum.engine import ablation as ablation_module
 from panoptic_curriculum.engine.ablation import (
     VARIANTS,
     measure_step_time,
@@ -103,18 +104,38 @@ def test_point_training_variants_mean_the_same_whatever_the_config_sets():
     assert cfg.MODEL.POINT_HEAD.USE_IMAGE_FEATURES and cfg.MODEL.POINT_HEAD.LIFT == "depth"
 
 
-def test_ablation_runs_measures_and_resumes(small_split, tmp_path):
+def test_ablation_runs_measures_and_resumes(small_split, tmp_path, monkeypatch):
     cfg = _cfg(small_split, tmp_path / "root", "CURRICULUM.STAGES", ["semantic"])
     cfg.CURRICULUM.SEMANTIC_ITER = 2
     out = tmp_path / "abl"
+    timed = []
+    real_measure = ablation_module.measure_step_time
+
+    def spy(c, *args, weights=None, **kwargs):
+        timed.append(weights)
+        return real_measure(c, *args, weights=weights, **kwargs)
+
+    monkeypatch.setattr(ablation_module, "measure_step_time", spy)
     content = run_ablation(cfg, ["semantic_only"], [0], str(out), per_class=["ball"])
+    # timed side by side with the curriculum's trained weights: the stage, then the variant
+    final = str(out / "curriculum_seed0" / "semantic" / "model_final.pth")
+    assert timed == [final, final]
     plan = json.loads((out / "budget_plan.json").read_text())
     assert plan["iterations"]["semantic_only"] >= 1 and plan["step_times"]["stage:semantic"] > 0
+    # the budget is the config's curriculum, trained first and reported with the rest; its
+    # stages and the other variants were timed side by side with trained weights
+    assert plan["iterations"]["curriculum"] == {"semantic": 2}
+    assert plan["budget_run"] == str(out / "curriculum_seed0")
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        measure_step_time(cfg, weights=str(tmp_path / "missing.pth"))
+    assert set(content["results"]) == {"curriculum", "semantic_only"}
+    assert "mIoU" in content["results"]["curriculum"][0]["sem_seg"]
     assert set(content["results"]["semantic_only"]) == {0}
     assert "mIoU" in content["results"]["semantic_only"][0]["sem_seg"]
     assert "| semantic_only |" in (out / "ablation.md").read_text()
     measured = "measured seconds per run (training and evaluation), mean over seeds: "
-    assert measured + "semantic_only " in (out / "ablation.md").read_text()
+    assert measured + "curriculum " in (out / "ablation.md").read_text()
+    assert ", semantic_only " in (out / "ablation.md").read_text().split(measured)[1]
     # resumed: finished runs are read back, not retrained
     record = out / "semantic_only_seed0" / "ablation_result.json"
     data = json.loads(record.read_text())
@@ -129,6 +150,8 @@ def test_ablation_runs_measures_and_resumes(small_split, tmp_path):
     seconds = plan["seconds"]
     names = ["semantic_only", "curriculum_no_point", "depth_only"]
     more = run_ablation(cfg, names, [0], str(out))
+    # the budget run's stage timed again beside the new variant (the ratio decides)
+    assert timed[2:] == [final, final]
     extended = json.loads((out / "budget_plan.json").read_text())
     assert extended["seconds"] == seconds
     depth_step = extended["step_times"]["depth_only"]

@@ -2,12 +2,19 @@
 and against single-task models, over several seeds.
 
 The budget is the main job's: the config's curriculum (``CURRICULUM.STAGES`` with their
-``*_ITER``) timed stage by stage on this machine. Every other variant gets as many
-iterations as fit in the same number of seconds, from its own measured step time, so a
-variant whose step is cheaper (a single-task model, a frozen encoder) trains for longer.
-Step times are measured once per variant (``measure_step_time``: a few real optimizer steps
-on the variant's own data loader, after warm-up) and reused for every seed, so that all
-seeds of a variant train for the same number of iterations.
+``*_ITER``), trained first (the ``curriculum`` variant, first seed). Then every step is
+timed side by side in one process (``measure_step_time``: a few real optimizer steps on
+the variant's own data loader, after warm-up) with trained weights loaded: each curriculum
+stage with that stage's final weights, every other variant with the curriculum's final
+weights. The budget is the stages' iterations times their step times; every other variant
+gets as many iterations as fit in the same seconds, so a variant whose step is cheaper (a
+single-task model) trains for longer. Trained weights, because a Mask R-CNN step gets dearer
+as the model learns (more foreground proposals reach the mask head: 0.4 s at random weights
+against 0.9 s trained on the synthetic main job), so timing randomly initialised models gave
+joint training about 30 % more time than the curriculum; side by side, so that the steps
+are compared under one state of the machine, not the curriculum's on the day it trained
+against another variant's today. Step times are measured once and reused for every seed, so that all seeds
+of a variant train for the same number of iterations.
 
 Variants (``VARIANTS``):
 
@@ -64,7 +71,7 @@ from detectron2.config import CfgNode
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
-from .checkpoint import atomic_write_text
+from .checkpoint import AtomicCheckpointer, atomic_write_text
 from .curriculum import evaluate_run, run_curriculum, stage_config
 from .trainer import PanopticCurriculumTrainer
 
@@ -184,15 +191,28 @@ def _training_stages(cfg: CfgNode) -> List[str]:
     return [s for s in cfg.CURRICULUM.STAGES if s in _STAGE_ITER_KEYS]
 
 
-def measure_step_time(cfg: CfgNode, steps: int = 4, warmup: int = 2) -> float:
-    """Median seconds of one optimizer step of a model built from ``cfg`` (random weights),
-    fed by its own training loader (data loading included, as in training)."""
+def measure_step_time(
+    cfg: CfgNode, steps: int = 4, warmup: int = 2, weights: Optional[str] = None
+) -> float:
+    """Median seconds of one optimizer step of a model built from ``cfg``, fed by its own
+    training loader (data loading included, as in training).
+
+    Args:
+        weights: a checkpoint loaded before timing (read without running code; tensors the
+            model lacks are skipped), so that the step is timed at the cost of a trained
+            model; ``None``: random weights.
+    """
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps = {steps}, warmup = {warmup}: need steps >= 1, warmup >= 0")
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.WEIGHTS = ""
     model = PanopticCurriculumTrainer.build_model(cfg)
+    if weights:
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f"{weights}: no such checkpoint to time the step with")
+        # not strict: a single-task variant lacks the other heads' tensors; read safely
+        AtomicCheckpointer(model, strict=False).load(weights, checkpointables=[])
     model.train()
     optimizer = PanopticCurriculumTrainer.build_optimizer(cfg, model)
     loader = iter(PanopticCurriculumTrainer.build_train_loader(cfg))
@@ -260,16 +280,54 @@ def variant_config(
     return c
 
 
-def step_time_configs(cfg: CfgNode, names: Sequence[str], extra_opts: Sequence = ()) -> Dict:
-    """The configs whose step times ``plan_budget`` needs, by key."""
+def step_time_configs(
+    cfg: CfgNode, names: Sequence[str], extra_opts: Sequence = (), stages: bool = True
+) -> Dict:
+    """The configs whose step times ``plan_budget`` needs, by key (``stages=False``: only
+    the non-curriculum variants')."""
     out = {}
     probe = os.path.join(cfg.OUTPUT_DIR or ".", "_step_time_probe")
-    for stage in _training_stages(cfg):  # the budget is the curriculum's, whatever runs
-        out[f"stage:{stage}"] = stage_config(cfg, stage, probe)
+    if stages:
+        for stage in _training_stages(cfg):  # the budget is the curriculum's, whatever runs
+            out[f"stage:{stage}"] = stage_config(cfg, stage, probe)
     for name in names:
         if not VARIANTS[name].curriculum:
             out[name] = variant_config(cfg, name, cfg.SEED, probe, 1, extra_opts)
     return out
+
+
+#: the variant whose runs define the budget: the config's own curriculum
+BUDGET_VARIANT = "curriculum"
+#: timed steps and warm-up steps per probe when planning (two probes of 10 steps of the
+#: synthetic main job's stages differed by up to 12 %)
+PLAN_STEPS, PLAN_WARMUP = 10, 3
+
+
+def budget_step_times(cfg: CfgNode, run_dir: str) -> Dict[str, float]:
+    """Seconds per step of each training stage of the finished curriculum run ``run_dir``,
+    each timed with that stage's trained final weights (``measure_step_time``)."""
+    out = {}
+    probe = os.path.join(run_dir, "_step_time_probe")
+    for stage in _training_stages(cfg):
+        weights = os.path.join(run_dir, stage, "model_final.pth")
+        out[f"stage:{stage}"] = measure_step_time(
+            stage_config(cfg, stage, probe), PLAN_STEPS, PLAN_WARMUP, weights=weights
+        )
+        logger.info("[ablation] stage %s: %.3f s per step", stage, out[f"stage:{stage}"])
+    return out
+
+
+def _final_weights(cfg: CfgNode, run_dir: str) -> str:
+    """The final model of a finished curriculum run (its last training stage's)."""
+    return os.path.join(run_dir, _training_stages(cfg)[-1], "model_final.pth")
+
+
+def _measure_variants(cfg: CfgNode, names: Sequence[str], weights: Optional[str]) -> Dict:
+    step_times = {}
+    for key, c in step_time_configs(cfg, names, stages=False).items():
+        step_times[key] = measure_step_time(c, PLAN_STEPS, PLAN_WARMUP, weights=weights)
+        logger.info("[ablation] %s: %.3f s per step", key, step_times[key])
+    return step_times
 
 
 #: a finished run's record, in its folder
@@ -404,12 +462,27 @@ def results_table(
 
 def _extend_plan(cfg: CfgNode, plan: Dict, names: Sequence[str], plan_path: str) -> Dict:
     """Add ``names`` to a saved plan under the same budget: ``plan_budget`` with the saved
-    step times of the curriculum's stages and the new variants' step times, measured now."""
+    step times of the curriculum's stages and the new variants' step times, measured now.
+    When the plan was made from a budget run, the run's stages are timed again beside the
+    new variants and the variants' times scaled by the budget's seconds then / now, so that
+    the ratios, not the machine's speed on another day, decide the iterations."""
     step_times = dict(plan.get("step_times", {}))
-    for key, c in step_time_configs(cfg, names).items():
-        if key not in step_times:  # the budget's own stages were timed when it was planned
-            step_times[key] = measure_step_time(c)
-            logger.info("[ablation] %s: %.3f s per step", key, step_times[key])
+    missing_stages = [k for k in step_time_configs(cfg, [], stages=True) if k not in step_times]
+    if missing_stages:
+        raise ValueError(
+            f"{plan_path} has no step times of {missing_stages}: the config's stages "
+            f"{_training_stages(cfg)} are not the ones it was planned for; use a new --output"
+        )
+    new = [n for n in names if not VARIANTS[n].curriculum and n not in step_times]
+    run_dir = plan.get("budget_run")
+    if new and run_dir:
+        now = budget_step_times(cfg, run_dir)
+        scale = plan["seconds"] / plan_budget(cfg, [], now)["seconds"]
+        measured = _measure_variants(cfg, new, _final_weights(cfg, run_dir))
+        step_times.update({k: t * scale for k, t in measured.items()})
+        logger.info("[ablation] step times scaled by %.3f (the budget's stages then / now)", scale)
+    else:  # a plan of randomly initialised probes (made before budget runs existed)
+        step_times.update(_measure_variants(cfg, new, None))
     added = plan_budget(cfg, names, step_times)
     if not math.isclose(added["seconds"], plan["seconds"], rel_tol=1e-9):
         raise ValueError(
@@ -423,6 +496,27 @@ def _extend_plan(cfg: CfgNode, plan: Dict, names: Sequence[str], plan_path: str)
     return plan
 
 
+def _plan_from_budget_run(
+    cfg: CfgNode, names: Sequence[str], seed: int, output: str, plan_path: str
+) -> Dict:
+    """Train the config's curriculum for ``seed`` (resumable), time its stages' steps and
+    the other variants' side by side with trained weights, and save the plan."""
+    iterations = {
+        s: int(getattr(cfg.CURRICULUM, _STAGE_ITER_KEYS[s])) for s in _training_stages(cfg)
+    }
+    run_dir = os.path.join(output, f"{BUDGET_VARIANT}_seed{seed}")
+    logger.info("[ablation] the budget's run: %s seed %d", BUDGET_VARIANT, seed)
+    run_variant(cfg, BUDGET_VARIANT, seed, run_dir, iterations)
+    step_times = budget_step_times(cfg, run_dir)
+    weights = _final_weights(cfg, run_dir)
+    step_times.update(_measure_variants(cfg, names, weights))
+    plan = plan_budget(cfg, list(dict.fromkeys([BUDGET_VARIANT, *names])), step_times)
+    plan["step_times"] = step_times
+    plan["budget_run"] = run_dir
+    atomic_write_text(plan_path, json.dumps(plan, indent=2))
+    return plan
+
+
 def run_ablation(
     cfg: CfgNode,
     names: Sequence[str],
@@ -432,9 +526,10 @@ def run_ablation(
     plan: Optional[Dict] = None,
     evaluate_from: Optional[str] = None,
 ) -> Dict:
-    """Measure step times (unless ``plan`` is given or a plan was saved in ``output``),
-    plan one wall-clock budget, run every variant and seed, write
-    ``output/ablation.{md,json}``. Returns the json content.
+    """Plan one wall-clock budget (unless ``plan`` is given or a plan was saved in
+    ``output``): the config's curriculum is trained first (first seed), and every step is
+    timed side by side with trained weights (module docstring). Then run every variant and
+    seed and write ``output/ablation.{md,json}``. Returns the json content.
 
     With ``evaluate_from`` (an earlier ablation's ``output``), nothing is trained: its
     finished runs are evaluated with ``cfg``'s evaluation settings (``evaluate_variant``)
@@ -444,6 +539,8 @@ def run_ablation(
         raise ValueError(f"unknown ablation variants {unknown}; variants are {list(VARIANTS)}")
     if not seeds:
         raise ValueError("--seeds: give at least one seed")
+    if not _training_stages(cfg):
+        raise ValueError(f"CURRICULUM.STAGES = {list(cfg.CURRICULUM.STAGES)} trains nothing")
     os.makedirs(output, exist_ok=True)
     plan_path = os.path.join(output, "budget_plan.json")
     if evaluate_from is not None:
@@ -471,14 +568,9 @@ def run_ablation(
         if missing:  # variants added to an earlier ablation: same budget, planned now
             plan = _extend_plan(cfg, plan, missing, plan_path)
     if plan is None:
-        probe_cfgs = step_time_configs(cfg, names)
-        step_times = {}
-        for key, c in probe_cfgs.items():
-            step_times[key] = measure_step_time(c)
-            logger.info("[ablation] %s: %.3f s per step", key, step_times[key])
-        plan = plan_budget(cfg, names, step_times)
-        plan["step_times"] = step_times
-        atomic_write_text(plan_path, json.dumps(plan, indent=2))
+        plan = _plan_from_budget_run(cfg, names, seeds[0], output, plan_path)
+        # the budget's runs are part of the comparison
+        names = list(dict.fromkeys([BUDGET_VARIANT, *names]))
     logger.info(
         "[ablation] budget %.0f s per run; iterations %s", plan["seconds"], plan["iterations"]
     )
@@ -530,7 +622,11 @@ def _write_results(output, plan, names, seeds, results, per_class, evaluate_from
     budget = (
         f"budget: {plan['seconds']:.0f} s of training per run on this machine (the "
         f"curriculum's stages {plan['iterations'].get('curriculum', '')}; the other variants' "
-        f"iterations from their measured step times: "
+        + (
+            "iterations from step times measured side by side with trained weights: "
+            if plan.get("budget_run")
+            else "iterations from their measured step times: "
+        )
         + ", ".join(f"{n} {plan['iterations'][n]}" for n in names)
         + f"), seeds {done}"
         + ("" if done == sorted(seeds) else f" of {list(seeds)} (unfinished)")
