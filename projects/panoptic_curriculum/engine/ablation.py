@@ -13,8 +13,8 @@ as the model learns (more foreground proposals reach the mask head: 0.4 s at ran
 against 0.9 s trained on the synthetic main job), so timing randomly initialised models gave
 joint training about 30 % more time than the curriculum; side by side, so that the steps
 are compared under one state of the machine, not the curriculum's on the day it trained
-against another variant's today. Step times are measured once and reused for every seed, so that all seeds
-of a variant train for the same number of iterations.
+against another variant's today. Step times are measured once and reused for every seed,
+so that all seeds of a variant train for the same number of iterations.
 
 Variants (``VARIANTS``):
 
