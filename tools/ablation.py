@@ -2,9 +2,9 @@
 """Ablations under the main job's wall-clock budget, over several seeds.
 
 The budget is the config's curriculum (``CURRICULUM.STAGES`` and ``*_ITER``), trained first
-for every seed and timed from the step times its runs logged on this machine; every other
-variant trains for as many iterations as fit in the same seconds, its step timed with the
-curriculum's trained weights (see ``panoptic_curriculum.engine.ablation``). Writes ``OUTPUT/ablation.{md,json}`` and
+(first seed); its stages and every other variant are then timed side by side with trained
+weights, and every other variant trains for as many iterations as fit in the same seconds
+(see ``panoptic_curriculum.engine.ablation``). Writes ``OUTPUT/ablation.{md,json}`` and
 ``OUTPUT/budget_plan.json``; re-running resumes (finished runs are read back).
 
     python tools/ablation.py --config-file configs/synthetic/curriculum_R18_FPN.yaml \

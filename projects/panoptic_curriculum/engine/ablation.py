@@ -191,6 +191,11 @@ def _training_stages(cfg: CfgNode) -> List[str]:
     return [s for s in cfg.CURRICULUM.STAGES if s in _STAGE_ITER_KEYS]
 
 
+def _stage_iterations(cfg: CfgNode) -> Dict[str, int]:
+    """Iterations of each training stage of the config's curriculum."""
+    return {s: int(getattr(cfg.CURRICULUM, _STAGE_ITER_KEYS[s])) for s in _training_stages(cfg)}
+
+
 def measure_step_time(
     cfg: CfgNode, steps: int = 4, warmup: int = 2, weights: Optional[str] = None
 ) -> float:
@@ -244,11 +249,10 @@ def plan_budget(cfg: CfgNode, names: Sequence[str], step_times: Dict[str, float]
         ``{"seconds": budget, "iterations": {variant: int or {stage: int}}}``; curriculum
         variants keep the config's stage iterations.
     """
-    stages = _training_stages(cfg)
-    if not stages:
+    iters = _stage_iterations(cfg)
+    if not iters:
         raise ValueError(f"CURRICULUM.STAGES = {list(cfg.CURRICULUM.STAGES)} trains nothing")
-    iters = {s: int(getattr(cfg.CURRICULUM, _STAGE_ITER_KEYS[s])) for s in stages}
-    seconds = sum(iters[s] * step_times[f"stage:{s}"] for s in stages)
+    seconds = sum(n * step_times[f"stage:{s}"] for s, n in iters.items())
     plan = {}
     for name in names:
         if VARIANTS[name].curriculum:
@@ -280,20 +284,15 @@ def variant_config(
     return c
 
 
-def step_time_configs(
-    cfg: CfgNode, names: Sequence[str], extra_opts: Sequence = (), stages: bool = True
-) -> Dict:
-    """The configs whose step times ``plan_budget`` needs, by key (``stages=False``: only
-    the non-curriculum variants')."""
-    out = {}
+def step_time_configs(cfg: CfgNode, names: Sequence[str], extra_opts: Sequence = ()) -> Dict:
+    """The configs of the non-curriculum variants among ``names``, whose step times
+    ``plan_budget`` needs, by name (the curriculum's stages: ``budget_step_times``)."""
     probe = os.path.join(cfg.OUTPUT_DIR or ".", "_step_time_probe")
-    if stages:
-        for stage in _training_stages(cfg):  # the budget is the curriculum's, whatever runs
-            out[f"stage:{stage}"] = stage_config(cfg, stage, probe)
-    for name in names:
-        if not VARIANTS[name].curriculum:
-            out[name] = variant_config(cfg, name, cfg.SEED, probe, 1, extra_opts)
-    return out
+    return {
+        name: variant_config(cfg, name, cfg.SEED, probe, 1, extra_opts)
+        for name in names
+        if not VARIANTS[name].curriculum
+    }
 
 
 #: the variant whose runs define the budget: the config's own curriculum
@@ -324,7 +323,7 @@ def _final_weights(cfg: CfgNode, run_dir: str) -> str:
 
 def _measure_variants(cfg: CfgNode, names: Sequence[str], weights: Optional[str]) -> Dict:
     step_times = {}
-    for key, c in step_time_configs(cfg, names, stages=False).items():
+    for key, c in step_time_configs(cfg, names).items():
         step_times[key] = measure_step_time(c, PLAN_STEPS, PLAN_WARMUP, weights=weights)
         logger.info("[ablation] %s: %.3f s per step", key, step_times[key])
     return step_times
@@ -467,7 +466,9 @@ def _extend_plan(cfg: CfgNode, plan: Dict, names: Sequence[str], plan_path: str)
     new variants and the variants' times scaled by the budget's seconds then / now, so that
     the ratios, not the machine's speed on another day, decide the iterations."""
     step_times = dict(plan.get("step_times", {}))
-    missing_stages = [k for k in step_time_configs(cfg, [], stages=True) if k not in step_times]
+    missing_stages = [
+        f"stage:{s}" for s in _training_stages(cfg) if f"stage:{s}" not in step_times
+    ]
     if missing_stages:
         raise ValueError(
             f"{plan_path} has no step times of {missing_stages}: the config's stages "
@@ -501,9 +502,7 @@ def _plan_from_budget_run(
 ) -> Dict:
     """Train the config's curriculum for ``seed`` (resumable), time its stages' steps and
     the other variants' side by side with trained weights, and save the plan."""
-    iterations = {
-        s: int(getattr(cfg.CURRICULUM, _STAGE_ITER_KEYS[s])) for s in _training_stages(cfg)
-    }
+    iterations = _stage_iterations(cfg)
     run_dir = os.path.join(output, f"{BUDGET_VARIANT}_seed{seed}")
     logger.info("[ablation] the budget's run: %s seed %d", BUDGET_VARIANT, seed)
     run_variant(cfg, BUDGET_VARIANT, seed, run_dir, iterations)
