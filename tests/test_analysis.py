@@ -214,3 +214,44 @@ def test_compare_point_branch_tiny(small_split):
     rounds = [a / b - 1 for a, b in zip(on["times_s"], off["times_s"])]
     assert result["paired_overhead_median"] == pytest.approx(sum(rounds) / 2)
     assert result["num_points"] == 64 and result["batch_size"] == 2
+
+
+def test_compare_training_options_tiny(small_split, tmp_path):
+    """A config against the same config with other settings, interleaved: the ratio is the
+    medians'; a setting that changes a head's layers leaves those tensors unshared and is
+    named; a stage config (frozen encoder) with trained weights loads them into both
+    models."""
+    opts = TINY_OVERRIDES + ["DATASETS.TRAIN", (small_split,), "MODEL.POINT_HEAD.ENABLED", False]
+    common = dict(height=64, width=96, batch_size=2, warmup=0, iters=2, cpu=True)
+    result = bm.compare_training_options(
+        "configs/synthetic/curriculum_R18_FPN.yaml",
+        ["MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV", True],
+        opts=opts,
+        **common,
+    )
+    base, other = result["base"], result["compared"]
+    assert len(base["times_s"]) == len(other["times_s"]) == 2
+    assert result["ratio"] == pytest.approx(other["median_s"] / base["median_s"])
+    rounds = [a / b for a, b in zip(other["times_s"], base["times_s"])]
+    assert result["paired_ratio_median"] == pytest.approx(sum(rounds) / 2)
+    assert result["not_shared"] and all(k.startswith("sem_seg_head.") for k in result["not_shared"])
+
+    # a trained checkpoint of a frozen-encoder stage: both models load all of it
+    cfg = tiny_cfg("configs/synthetic/curriculum_R18_FPN.yaml", *opts)
+    torch.manual_seed(3)
+    model = build_model(cfg)
+    weights = tmp_path / "stage.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    stage_opts = opts + ["MODEL.FREEZE.PREFIXES", ["backbone"]]
+    result = bm.compare_training_options(
+        "configs/synthetic/curriculum_R18_FPN.yaml",
+        ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 16],
+        weights=str(weights),
+        opts=stage_opts,
+        **common,
+    )
+    assert result["not_shared"] == [] and result["weights"] == str(weights)
+    with pytest.raises(ValueError, match="KEY VALUE"):
+        bm.compare_training_options(
+            "configs/synthetic/curriculum_R18_FPN.yaml", ["MODEL.DEVICE"], opts=opts, **common
+        )

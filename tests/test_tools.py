@@ -568,3 +568,18 @@ def test_train_net_talks(small_split, tmp_path, capsys):
     for text in (console, log):
         assert "SOLVER.BASE_LR: 0.02 (recorded) -> 0.01 (now)" in text
     assert (out / "config.yaml").read_bytes() == root_config
+
+
+def test_benchmark_train_options_needs_compare(tmp_path):
+    """tools/benchmark.py's (e) without the settings to compare, or with a weights file
+    that is not there: an error naming the flag, before any model is built."""
+    base = [sys.executable, "tools/benchmark.py", "--variants", "train_options"]
+    proc = subprocess.run(base, capture_output=True, text=True)
+    assert proc.returncode == 2 and "needs --compare" in proc.stderr
+    missing = str(tmp_path / "none.pth")
+    proc = subprocess.run(
+        base + ["--compare", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 64", "--weights", missing],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and f"--weights {missing}: no such file" in proc.stderr

@@ -15,6 +15,11 @@
 (d) our one pass (which also returns depth) against detectron2's stock PanopticFPN on the
     same encoder config with the same detection budget, timed interleaved in one process
     (target: at most 1.0x PanopticFPN's time);
+(e) variant ``train_options``: a training step of the config against the same config with
+    ``--compare "KEY VALUE ..."`` on top, timed interleaved in one process, optionally at a
+    trained checkpoint's cost (``--weights``; give a curriculum stage's ``config.yaml`` as
+    ``--config-file`` to time that stage, frozen encoder included): how a change meant to
+    make training cheaper is measured before it is trained with;
 and, for every timed variant, multiply-adds per image and the achieved GFLOP/s (2 FLOPs per
 multiply-add) next to the GFLOP/s a large matrix product reaches on the same device, so
 that speed can be read against the machine's arithmetic limit.
@@ -28,16 +33,22 @@ resized to the stated resolution. Prints a table and writes JSON. The measuring 
     python tools/benchmark.py --variants vs_panoptic_fpn --peer-iters 15   # (d) only
     python tools/benchmark.py --variants point_cost --height 160 --width 224 \\
         --batch-size 4 --num-points 2048   # (b') only, at the main job's training shape
+    python tools/benchmark.py --variants train_options --height 160 --width 224 \\
+        --batch-size 4 --config-file output/curriculum/instance/config.yaml \\
+        --weights output/curriculum/instance/model_final.pth \\
+        --compare "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 64"   # (e) only
 """
 
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 
 PEER = "vs_panoptic_fpn"
 POINT_COST = "point_cost"
+OPTIONS = "train_options"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,15 +68,29 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--variants",
         nargs="+",
         default=list(VARIANTS) + [POINT_COST, PEER],
-        choices=list(VARIANTS) + [POINT_COST, PEER],
-        help="what to measure (default: everything)",
+        choices=list(VARIANTS) + [POINT_COST, PEER, OPTIONS],
+        help=f"what to measure (default: everything but {OPTIONS}, which needs --compare)",
+    )
+    parser.add_argument(
+        "--compare",
+        default="",
+        help=f'overrides "KEY VALUE ..." whose training step (e) {OPTIONS} times against the '
+        "config's",
+    )
+    parser.add_argument(
+        "--weights", default="", help=f"checkpoint both models of (e) {OPTIONS} start from"
     )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--cpu", action="store_true", help="measure on the CPU even with a GPU")
     parser.add_argument("--output", default="output/benchmark.json")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if OPTIONS in args.variants and not args.compare:
+        parser.error(f'--variants {OPTIONS} needs --compare "KEY VALUE ..."')
+    if args.weights and not os.path.isfile(args.weights):
+        parser.error(f"--weights {args.weights}: no such file")
+    return args
 
 
 def worker(args) -> dict:
@@ -92,6 +117,16 @@ def worker(args) -> dict:
             args.config_file,
             batch_size=args.batch_size,
             num_points=args.num_points,
+            warmup=args.warmup,
+            iters=args.iters,
+            **common,
+        )
+    if args.worker == OPTIONS:
+        return bm.compare_training_options(
+            args.config_file,
+            shlex.split(args.compare),
+            batch_size=args.batch_size,
+            weights=args.weights,
             warmup=args.warmup,
             iters=args.iters,
             **common,
@@ -126,7 +161,7 @@ def report(results: dict, matmul: float):
         f"{'GMAC/img':>10}{'GFLOP/s':>9}{'% mm':>6}"
     ]
     for name, r in results.items():
-        if name in (PEER, POINT_COST):
+        if name in (PEER, POINT_COST, OPTIONS):
             continue
         rows.append(
             f"{name:<18}{r['mode']:<11}{r['median_s'] * 1000:>10.1f}{r['peak_mem_mb']:>9.0f}"
@@ -160,6 +195,16 @@ def report(results: dict, matmul: float):
             f"(median of {p['iters']} rounds; per-round median "
             f"{p['paired_overhead_median'] * 100:+.1f}%, CPU time "
             f"{p['cpu_overhead'] * 100:+.1f}%; target <= +15%) {ok}"
+        )
+    if OPTIONS in results:
+        p = results[OPTIONS]
+        summary["train_options_ratio"] = p["ratio"]
+        rows.append(
+            f"(e) training step with {' '.join(map(str, p['compare_opts']))}: "
+            f"{p['compared']['median_s'] * 1000:.1f} against {p['base']['median_s'] * 1000:.1f} "
+            f"ms, {p['ratio']:.3f}x (median of {p['iters']} interleaved rounds; per-round "
+            f"median {p['paired_ratio_median']:.3f}x, CPU time {p['cpu_ratio']:.3f}x; "
+            f"{len(p['not_shared'])} tensors not shared)"
         )
     rows.append("(c) peak memory: per variant above")
     if PEER in results:
@@ -196,7 +241,9 @@ def main() -> None:
     for name in args.variants:
         results[name] = run_in_subprocess(name)
         r = results[name]
-        ms = {PEER: r.get("ratio"), POINT_COST: r.get("overhead")}.get(name)
+        ms = {PEER: r.get("ratio"), POINT_COST: r.get("overhead"), OPTIONS: r.get("ratio")}.get(
+            name
+        )
         ms = r["median_s"] * 1000 if ms is None else ms
         print(f"measured {name}: {ms:.3f}", file=sys.stderr)
     device = "cpu" if args.cpu else next(iter(results.values())).get("device", "cpu")

@@ -6,6 +6,9 @@
 * :func:`compare_with_panoptic_fpn`: our one pass against detectron2's stock
   ``PanopticFPN`` built on the same encoder config with the same detection budget
   (:func:`panoptic_fpn_peer_config`), timed interleaved in one process.
+* :func:`compare_point_branch`, :func:`compare_training_options`: two training steps
+  (the point branch on / off; a config against the same config with other settings) timed
+  interleaved in one process, the models sharing every weight they have in common.
 * :func:`matmul_gflops`: the arithmetic rate a large matrix product reaches on the device,
   the practical ceiling that achieved GFLOP/s are read against.
 
@@ -36,6 +39,7 @@ __all__ = [
     "share_weights",
     "compare_with_panoptic_fpn",
     "compare_point_branch",
+    "compare_training_options",
 ]
 
 _OFF = {  # config overrides that switch a branch off
@@ -491,4 +495,116 @@ def compare_point_branch(
         a / b - 1 for a, b in zip(times["on"], times["off"])
     )
     result["cpu_overhead"] = result["on"]["cpu_median_s"] / result["off"]["cpu_median_s"] - 1
+    return result
+
+
+def compare_training_options(
+    config_file: str,
+    compare_opts: Sequence,
+    *,
+    height: int,
+    width: int,
+    batch_size: int,
+    weights: str = "",
+    warmup: int = 2,
+    iters: int = 10,
+    cpu: bool = False,
+    opts: Sequence = (),
+) -> Dict:
+    """Training step (forward, backward, SGD step) of ``config_file`` (+ ``opts``: "base")
+    against the same config with ``compare_opts`` on top ("compared"), timed interleaved in
+    this process on the same ``batch_size`` real samples resized to ``height x width``.
+    This is how a change meant to make training cheaper (fewer sampled RoIs, depthwise-
+    separable convolutions, ...) is measured before it is trained with.
+
+    Both models are built as the trainer builds them (``MODEL.FREEZE.PREFIXES`` frozen: give
+    a curriculum stage's ``config.yaml`` to time that stage). With ``weights`` both load that
+    checkpoint (read safely; tensors a model lacks or whose shapes differ are skipped), so
+    that the step is timed at a trained model's cost (a trained detector sends more
+    proposals to its box and mask heads than a random one); without, "compared" takes
+    "base"'s random weights wherever they fit.
+
+    Returns:
+        dict: per model (``"base"``, ``"compared"``) ``median_s``, ``times_s`` and
+        ``cpu_median_s``; ``ratio`` (compared / base, wall-clock medians),
+        ``paired_ratio_median`` (median over rounds), ``cpu_ratio``, ``compare_opts``,
+        ``not_shared`` (tensors of "compared" that "base" does not have with that shape)
+        and the setting.
+    """
+    from detectron2.utils.events import EventStorage
+
+    from .. import load_config
+    from ..engine.checkpoint import AtomicCheckpointer
+    from ..engine.trainer import PanopticCurriculumTrainer
+
+    compare_opts = list(compare_opts)
+    if not compare_opts or len(compare_opts) % 2:
+        raise ValueError(f"compare_opts must be KEY VALUE pairs, got {compare_opts}")
+    device = benchmark_device(cpu)
+    base_opts = ["MODEL.DEVICE", device, "MODEL.WEIGHTS", ""] + list(opts)
+    cfgs = {
+        "base": load_config(config_file, base_opts),
+        "compared": load_config(config_file, base_opts + compare_opts),
+    }
+    torch.manual_seed(0)
+    models = {key: PanopticCurriculumTrainer.build_model(cfg) for key, cfg in cfgs.items()}
+    if weights:
+        for model in models.values():
+            AtomicCheckpointer(model, strict=False).load(weights, checkpointables=[])
+    base_state = models["base"].state_dict()
+    fitting = {
+        k: v
+        for k, v in models["compared"].state_dict().items()
+        if k in base_state and base_state[k].shape == v.shape
+    }
+    not_shared = sorted(set(models["compared"].state_dict()) - set(fitting))
+    if not weights:
+        models["compared"].load_state_dict({k: base_state[k] for k in fitting}, strict=False)
+    for model in models.values():
+        model.train()
+    batch = benchmark_batch(cfgs["base"], batch_size, height, width, train=True)
+    optims = {
+        key: torch.optim.SGD(
+            [p for p in m.parameters() if p.requires_grad], lr=1e-4, momentum=0.9
+        )
+        for key, m in models.items()
+    }
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else None
+
+    def stepper(key):
+        def step():
+            if autocast is not None:
+                with autocast:
+                    losses = models[key](batch)
+            else:
+                losses = models[key](batch)
+            optims[key].zero_grad(set_to_none=True)
+            sum(losses.values()).backward()
+            optims[key].step()
+
+        return step
+
+    times, cpu_times = _time_models(
+        {key: stepper(key) for key in models}, EventStorage(), warmup, iters, device
+    )
+    result = _setting(
+        device,
+        config_file,
+        height=height,
+        width=width,
+        batch_size=batch_size,
+        iters=iters,
+    )
+    result.update(compare_opts=compare_opts, weights=weights, not_shared=not_shared)
+    for key in models:
+        result[key] = {
+            "median_s": statistics.median(times[key]),
+            "times_s": times[key],
+            "cpu_median_s": statistics.median(cpu_times[key]),
+        }
+    result["ratio"] = result["compared"]["median_s"] / result["base"]["median_s"]
+    result["paired_ratio_median"] = statistics.median(
+        a / b for a, b in zip(times["compared"], times["base"])
+    )
+    result["cpu_ratio"] = result["compared"]["cpu_median_s"] / result["base"]["cpu_median_s"]
     return result
