@@ -225,7 +225,7 @@ def test_compare_training_options_tiny(small_split, tmp_path):
     common = dict(height=64, width=96, batch_size=2, warmup=0, iters=2, cpu=True)
     result = bm.compare_training_options(
         "configs/synthetic/curriculum_R18_FPN.yaml",
-        ["MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV", True],
+        ["MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV", False],  # the config's: True
         opts=opts,
         **common,
     )

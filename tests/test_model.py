@@ -568,8 +568,18 @@ def test_semantic_head_inference_equals_detectron2_decoder(model, monkeypatch):
 
 
 def test_depthwise_separable_opt_ins():
-    """Speed opt-ins: smaller heads, same outputs' shapes; off by default."""
-    default = build_model(tiny_cfg())
+    """Speed options: smaller heads, same outputs' shapes (the main job's config turns the
+    semantic head's on, the depth head's stays off)."""
+    cfg = tiny_cfg()
+    assert cfg.MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV
+    assert not cfg.MODEL.DEPTH_HEAD.USE_DEPTHWISE_SEPARABLE_CONV
+    default = build_model(
+        tiny_cfg(
+            "configs/synthetic/curriculum_R18_FPN.yaml",
+            "MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV",
+            False,
+        )
+    )
     assert isinstance(default.depth_head.fuse, torch.nn.Sequential)
     cfg = tiny_cfg(
         "configs/synthetic/curriculum_R18_FPN.yaml",
