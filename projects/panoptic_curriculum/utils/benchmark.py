@@ -413,44 +413,27 @@ def compare_with_panoptic_fpn(
     return result
 
 
-def compare_point_branch(
+def _time_training_steps(
+    models: Dict[str, torch.nn.Module],
+    cfg: CfgNode,
     config_file: str,
     *,
+    device: str,
     height: int,
     width: int,
     batch_size: int,
-    num_points: int,
-    warmup: int = 2,
-    iters: int = 10,
-    cpu: bool = False,
-    opts: Sequence = (),
+    warmup: int,
+    iters: int,
+    **setting,
 ) -> Dict:
-    """Training step (forward, backward, SGD step) with the point branch on against off,
-    timed interleaved in this process on the same ``batch_size`` real samples resized to
-    ``height x width``: the models of :data:`VARIANTS` ``train_point_on`` and
-    ``train_point_off``, the second holding the first's weights for every module they share,
-    so that both detect alike and only the branch differs. Interleaving makes the ratio
-    robust to a machine whose speed drifts between separate runs.
-
-    Returns:
-        dict: per model (``"on"``, ``"off"``) ``median_s``, ``times_s`` and ``cpu_median_s``;
-        ``overhead`` (on / off - 1, wall-clock medians), ``paired_overhead_median`` (median
-        over rounds of on / off - 1), ``cpu_overhead`` and the setting.
-    """
-    from detectron2.modeling import build_model
+    """Training steps (forward, backward, SGD step; bf16 autocast on CUDA) of ``models`` on
+    ``batch_size`` samples of ``cfg``'s training set resized to ``height x width``, timed
+    interleaved: the setting (with ``setting``'s extra entries) and per model ``median_s``,
+    ``times_s``, ``cpu_median_s``."""
     from detectron2.utils.events import EventStorage
 
-    device = benchmark_device(cpu)
-    cfgs = {
-        key: variant_config(config_file, name, num_points=num_points, device=device, opts=opts)
-        for key, name in (("on", "train_point_on"), ("off", "train_point_off"))
-    }
-    torch.manual_seed(0)
-    models = {key: build_model(cfg).train() for key, cfg in cfgs.items()}
-    missing = models["off"].load_state_dict(models["on"].state_dict(), strict=False).missing_keys
-    if missing:
-        raise RuntimeError(f"the point-off model has weights the point-on model lacks: {missing}")
-    batch = benchmark_batch(cfgs["on"], batch_size, height, width, train=True)
+    batch = benchmark_batch(cfg, batch_size, height, width, train=True)
+
     optims = {
         key: torch.optim.SGD(
             [p for p in m.parameters() if p.requires_grad], lr=1e-4, momentum=0.9
@@ -481,8 +464,8 @@ def compare_point_branch(
         height=height,
         width=width,
         batch_size=batch_size,
-        num_points=num_points,
         iters=iters,
+        **setting,
     )
     for key in models:
         result[key] = {
@@ -490,6 +473,58 @@ def compare_point_branch(
             "times_s": times[key],
             "cpu_median_s": statistics.median(cpu_times[key]),
         }
+    return result
+
+
+def compare_point_branch(
+    config_file: str,
+    *,
+    height: int,
+    width: int,
+    batch_size: int,
+    num_points: int,
+    warmup: int = 2,
+    iters: int = 10,
+    cpu: bool = False,
+    opts: Sequence = (),
+) -> Dict:
+    """Training step (forward, backward, SGD step) with the point branch on against off,
+    timed interleaved in this process on the same ``batch_size`` real samples resized to
+    ``height x width``: the models of :data:`VARIANTS` ``train_point_on`` and
+    ``train_point_off``, the second holding the first's weights for every module they share,
+    so that both detect alike and only the branch differs. Interleaving makes the ratio
+    robust to a machine whose speed drifts between separate runs.
+
+    Returns:
+        dict: per model (``"on"``, ``"off"``) ``median_s``, ``times_s`` and ``cpu_median_s``;
+        ``overhead`` (on / off - 1, wall-clock medians), ``paired_overhead_median`` (median
+        over rounds of on / off - 1), ``cpu_overhead`` and the setting.
+    """
+    from detectron2.modeling import build_model
+
+    device = benchmark_device(cpu)
+    cfgs = {
+        key: variant_config(config_file, name, num_points=num_points, device=device, opts=opts)
+        for key, name in (("on", "train_point_on"), ("off", "train_point_off"))
+    }
+    torch.manual_seed(0)
+    models = {key: build_model(cfg).train() for key, cfg in cfgs.items()}
+    missing = models["off"].load_state_dict(models["on"].state_dict(), strict=False).missing_keys
+    if missing:
+        raise RuntimeError(f"the point-off model has weights the point-on model lacks: {missing}")
+    result = _time_training_steps(
+        models,
+        cfgs["on"],
+        config_file,
+        device=device,
+        height=height,
+        width=width,
+        batch_size=batch_size,
+        warmup=warmup,
+        iters=iters,
+        num_points=num_points,
+    )
+    times = {key: result[key]["times_s"] for key in models}
     result["overhead"] = result["on"]["median_s"] / result["off"]["median_s"] - 1
     result["paired_overhead_median"] = statistics.median(
         a / b - 1 for a, b in zip(times["on"], times["off"])
@@ -531,8 +566,6 @@ def compare_training_options(
         ``not_shared`` (tensors of "compared" that "base" does not have with that shape)
         and the setting.
     """
-    from detectron2.utils.events import EventStorage
-
     from .. import load_config
     from ..engine.checkpoint import AtomicCheckpointer
     from ..engine.trainer import PanopticCurriculumTrainer
@@ -562,46 +595,21 @@ def compare_training_options(
         models["compared"].load_state_dict({k: base_state[k] for k in fitting}, strict=False)
     for model in models.values():
         model.train()
-    batch = benchmark_batch(cfgs["base"], batch_size, height, width, train=True)
-    optims = {
-        key: torch.optim.SGD(
-            [p for p in m.parameters() if p.requires_grad], lr=1e-4, momentum=0.9
-        )
-        for key, m in models.items()
-    }
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else None
-
-    def stepper(key):
-        def step():
-            if autocast is not None:
-                with autocast:
-                    losses = models[key](batch)
-            else:
-                losses = models[key](batch)
-            optims[key].zero_grad(set_to_none=True)
-            sum(losses.values()).backward()
-            optims[key].step()
-
-        return step
-
-    times, cpu_times = _time_models(
-        {key: stepper(key) for key in models}, EventStorage(), warmup, iters, device
-    )
-    result = _setting(
-        device,
+    result = _time_training_steps(
+        models,
+        cfgs["base"],
         config_file,
+        device=device,
         height=height,
         width=width,
         batch_size=batch_size,
+        warmup=warmup,
         iters=iters,
+        compare_opts=compare_opts,
+        weights=weights,
+        not_shared=not_shared,
     )
-    result.update(compare_opts=compare_opts, weights=weights, not_shared=not_shared)
-    for key in models:
-        result[key] = {
-            "median_s": statistics.median(times[key]),
-            "times_s": times[key],
-            "cpu_median_s": statistics.median(cpu_times[key]),
-        }
+    times = {key: result[key]["times_s"] for key in models}
     result["ratio"] = result["compared"]["median_s"] / result["base"]["median_s"]
     result["paired_ratio_median"] = statistics.median(
         a / b for a, b in zip(times["compared"], times["base"])
