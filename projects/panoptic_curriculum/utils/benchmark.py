@@ -433,7 +433,6 @@ def _time_training_steps(
     from detectron2.utils.events import EventStorage
 
     batch = benchmark_batch(cfg, batch_size, height, width, train=True)
-
     optims = {
         key: torch.optim.SGD(
             [p for p in m.parameters() if p.requires_grad], lr=1e-4, momentum=0.9
@@ -474,6 +473,20 @@ def _time_training_steps(
             "cpu_median_s": statistics.median(cpu_times[key]),
         }
     return result
+
+
+def _paired_ratios(result: Dict, num: str, den: str) -> Dict[str, float]:
+    """Step time of model ``num`` over model ``den`` in a :func:`_time_training_steps`
+    result: ``ratio`` (of the wall-clock medians), ``paired_ratio_median`` (median over the
+    interleaved rounds), ``cpu_ratio`` (of the CPU-time medians)."""
+    a, b = result[num], result[den]
+    return {
+        "ratio": a["median_s"] / b["median_s"],
+        "paired_ratio_median": statistics.median(
+            x / y for x, y in zip(a["times_s"], b["times_s"])
+        ),
+        "cpu_ratio": a["cpu_median_s"] / b["cpu_median_s"],
+    }
 
 
 def compare_point_branch(
@@ -524,12 +537,10 @@ def compare_point_branch(
         iters=iters,
         num_points=num_points,
     )
-    times = {key: result[key]["times_s"] for key in models}
-    result["overhead"] = result["on"]["median_s"] / result["off"]["median_s"] - 1
-    result["paired_overhead_median"] = statistics.median(
-        a / b - 1 for a, b in zip(times["on"], times["off"])
-    )
-    result["cpu_overhead"] = result["on"]["cpu_median_s"] / result["off"]["cpu_median_s"] - 1
+    ratios = _paired_ratios(result, "on", "off")
+    result["overhead"] = ratios["ratio"] - 1
+    result["paired_overhead_median"] = ratios["paired_ratio_median"] - 1
+    result["cpu_overhead"] = ratios["cpu_ratio"] - 1
     return result
 
 
@@ -609,10 +620,5 @@ def compare_training_options(
         weights=weights,
         not_shared=not_shared,
     )
-    times = {key: result[key]["times_s"] for key in models}
-    result["ratio"] = result["compared"]["median_s"] / result["base"]["median_s"]
-    result["paired_ratio_median"] = statistics.median(
-        a / b for a, b in zip(times["compared"], times["base"])
-    )
-    result["cpu_ratio"] = result["compared"]["cpu_median_s"] / result["base"]["cpu_median_s"]
+    result.update(_paired_ratios(result, "compared", "base"))
     return result
