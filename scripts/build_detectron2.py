@@ -58,8 +58,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=None, help="where to download and unpack")
     args = parser.parse_args()
-    workdir = args.workdir or tempfile.mkdtemp(prefix="detectron2-build-")
-    os.makedirs(workdir, exist_ok=True)
+    if args.workdir is None:
+        # a temporary folder of its own, removed afterwards (the unpacked sdist is not needed
+        # once installed)
+        with tempfile.TemporaryDirectory(prefix="detectron2-build-") as workdir:
+            build(workdir)
+    else:
+        os.makedirs(args.workdir, exist_ok=True)
+        build(args.workdir)
+
+
+def build(workdir: str) -> None:
+    """Download the sdist into ``workdir`` (unless it is there), patch and install it."""
     pip = [sys.executable, "-m", "pip"]
     sdist = os.path.join(workdir, SDIST_FILE)
     if not os.path.isfile(sdist):

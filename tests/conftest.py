@@ -1,6 +1,7 @@
 """Shared fixtures: a small synthetic-scenes split generated once per test session."""
 
 import os
+import shutil
 
 import pytest
 
@@ -11,6 +12,19 @@ from panoptic_curriculum.data.datasets.synthetic_scenes import register_syntheti
 
 SMALL_SPLIT = "synthetic_scenes_test_small"
 SMALL_PARAMS = dict(split="test_small", num_images=6, seed=3, height=96, width=128)
+
+
+@pytest.fixture(scope="module")
+def module_tmp_path(request, tmp_path_factory):
+    """A folder for one test module's shared runs (checkpoints of ~90 MB each), removed once
+    the module's tests are done unless one of them failed, as pytest.ini's
+    ``tmp_path_retention_policy = failed`` does for ``tmp_path``: the suite's disk use stays
+    that of one module, not the sum of all."""
+    failed_before = request.session.testsfailed
+    path = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    yield path
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -223,10 +223,10 @@ def test_panoptic_evaluation_needs_the_prepared_ground_truth(cs_root, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def single_process_run(cs_root, tmp_path_factory):
+def single_process_run(cs_root, module_tmp_path):
     """tools/train_net.py in one process: the curriculum, then --eval-only of its merged
     model. Returns (output dir, curriculum results, eval-only results)."""
-    out = str(tmp_path_factory.mktemp("cs_single"))
+    out = str(module_tmp_path)
     curriculum = ["--config-file", CONFIG, *_opts(os.path.join(out, "run"))]
     weights = os.path.join(out, "run", "merge", "model_merged.pth")
     eval_only = [

@@ -115,8 +115,8 @@ def test_freeze_modules_outside_the_curriculum():
 
 
 @pytest.fixture(scope="module")
-def curriculum_run(small_split, tmp_path_factory):
-    out = tmp_path_factory.mktemp("curriculum")
+def curriculum_run(small_split, module_tmp_path):
+    out = module_tmp_path
     cfg = _cfg(
         small_split,
         out,

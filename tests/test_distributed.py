@@ -3,6 +3,7 @@ parameters must stay equal, and must actually change."""
 
 import json
 import os
+import shutil
 import sys
 
 import torch
@@ -230,6 +231,9 @@ def _all_configs_worker(split_name, root, out_dir):
         trainer_cls.records.clear()
         run_curriculum(cfg, trainer_cls=trainer_cls)
         records[config_file] = list(trainer_cls.records)
+        comm.synchronize()
+        if comm.is_main_process():  # its checkpoints (~300 MB) are not looked at: one on disk
+            shutil.rmtree(cfg.OUTPUT_DIR)
     with open(os.path.join(out_dir, f"all_rank{comm.get_rank()}.json"), "w") as f:
         json.dump(records, f)
 

@@ -70,9 +70,9 @@ def _train(cfg):
 
 
 @pytest.fixture(scope="module")
-def runs(small_split, tmp_path_factory):
-    with_hook = _train(_cfg(small_split, tmp_path_factory.mktemp("with_hook"), 2))
-    without_hook = _train(_cfg(small_split, tmp_path_factory.mktemp("without_hook"), 0))
+def runs(small_split, module_tmp_path):
+    with_hook = _train(_cfg(small_split, module_tmp_path / "with_hook", 2))
+    without_hook = _train(_cfg(small_split, module_tmp_path / "without_hook", 0))
     return with_hook, without_hook
 
 

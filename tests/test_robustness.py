@@ -203,9 +203,9 @@ def _tree_digest(folder):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(module_tmp_path):
     torch.manual_seed(0)
-    path = str(tmp_path_factory.mktemp("ckpt") / "model.pth")
+    path = str(module_tmp_path / "model.pth")
     torch.save({"model": build_model(tiny_cfg()).state_dict()}, path)
     return path
 

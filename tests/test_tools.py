@@ -130,10 +130,10 @@ def tool_env(datasets_dir):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(module_tmp_path):
     """A tiny model (config YAML + random-weight checkpoint), input images with one corrupt
     file, and metrics folders."""
-    root = tmp_path_factory.mktemp("tools")
+    root = module_tmp_path
     cfg = tiny_cfg(
         os.path.join(REPO, "configs", "synthetic", "curriculum_R18_FPN.yaml"),
         "INPUT.MIN_SIZE_TEST",

@@ -1,7 +1,7 @@
-"""Writes that are interrupted: a disk that fills up during a checkpoint save or a dataset
-generation, and processes killed while writing. Nothing partial may stay behind, a full disk
-is reported as such with the path, and the leftovers of killed processes are removed by the
-next run."""
+"""Writes that are interrupted: a disk that fills up during a checkpoint save, an export or
+a dataset generation, and processes killed while writing. Nothing partial may stay behind, a
+full disk is reported as such with the path, and the leftovers of killed processes are
+removed by the next run."""
 
 import errno
 import os
@@ -183,6 +183,35 @@ def test_curriculum_start_removes_stale_temp_files(tmp_path):
     with pytest.raises(_Started):
         run_curriculum(cfg, trainer_cls=trainer)
     assert not any(p.exists() for p in stale)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_full_disk_during_export(tmp_path, monkeypatch, fmt):
+    """torch.jit.save given a path aborts the process on a full disk; the export writes
+    through a file object, so the user gets the ENOSPC error naming the file instead, and
+    no partial model file stays."""
+    from detectron2.modeling import build_model
+
+    from panoptic_curriculum.export import export_model
+
+    if fmt == "onnx":
+        pytest.importorskip("onnx", reason="the 'export' extra is installed by scripts/test.sh")
+    cfg = tiny_cfg(R18_CONFIG, "INPUT.MIN_SIZE_TEST", 64, "INPUT.MAX_SIZE_TEST", 96)
+    model = build_model(cfg).eval()
+    image = torch.rand(3, 64, 96) * 255
+    K = torch.tensor([[60.0, 0.0, 47.5], [0.0, 60.0, 31.5], [0.0, 0.0, 1.0]])
+    out = tmp_path / "export"
+    monkeypatch.setattr(atomic_io, "open", _full_disk_open(room=4096), raising=False)
+    with pytest.raises(OSError) as info:
+        export_model(model, cfg, image, K, str(out), fmt)
+    assert info.value.errno == errno.ENOSPC
+    assert "no space left on device" in str(info.value) and str(out) in str(info.value)
+    assert os.listdir(out) == []  # neither the model file nor its temporary file
+    monkeypatch.undo()  # space freed: the retry writes the model and its description
+    path = export_model(model, cfg, image, K, str(out), fmt)
+    assert os.path.getsize(path) > 4096 and sorted(os.listdir(out)) == sorted(
+        [os.path.basename(path), "export_info.json"]
+    )
 
 
 GEN = dict(num_images=2, seed=5, height=32, width=48)

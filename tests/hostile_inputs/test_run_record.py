@@ -41,9 +41,9 @@ def _linked_copy(src, dst):
 
 
 @pytest.fixture(scope="module")
-def finished_run(small_split, tmp_path_factory):
+def finished_run(small_split, module_tmp_path):
     """A finished semantic-only curriculum (2 iterations): (its config, its folder)."""
-    out = tmp_path_factory.mktemp("finished_run") / "run"
+    out = module_tmp_path / "run"
     cfg = tiny_curriculum_cfg(small_split, out, *SEMANTIC_ONLY)
     run_curriculum(cfg)
     return cfg, out

@@ -62,9 +62,9 @@ def _assert_live(marker, unsafe_load):
 
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(module_tmp_path):
     """The tiny R18 model, its config as a YAML file, and weights files that fit it or not."""
-    root = tmp_path_factory.mktemp("untrusted")
+    root = module_tmp_path
     cfg = tiny_cfg(R18_CONFIG, "MODEL.WEIGHTS", "")
     (root / "tiny.yaml").write_text(cfg.dump())
     torch.manual_seed(0)

@@ -19,6 +19,7 @@ from torch import nn
 from detectron2.data import MetadataCatalog
 from detectron2.structures import Boxes, Instances
 
+from ..utils.atomic_io import atomic_open, atomic_write_text
 from .wrapper import tracing_adapter
 
 __all__ = [
@@ -157,20 +158,24 @@ def export_model(
         # the indices of the exported gathers come from topk/nonzero/nms: never negative
         warnings.filterwarnings("ignore", "Exporting aten::index operator of advanced indexing")
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        # written through an open file (atomic_open): torch.jit.save given a path aborts
+        # the whole process when the disk fills; a file object gets Python's OSError
         if fmt == "torchscript":
             traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
-            torch.jit.save(traced, path)
+            with atomic_open(path, "wb") as f:
+                torch.jit.save(traced, f)
         else:
-            torch.onnx.export(
-                adapter,
-                adapter.flattened_inputs,
-                path,
-                dynamo=False,  # trace, as detectron2's TracingAdapter is made for
-                opset_version=opset,
-                input_names=input_names,
-                output_names=output_names,
-                dynamic_axes=_dynamic_axes(input_names, output_names),
-            )
+            with atomic_open(path, "wb") as f:
+                torch.onnx.export(
+                    adapter,
+                    adapter.flattened_inputs,
+                    f,
+                    dynamo=False,  # trace, as detectron2's TracingAdapter is made for
+                    opset_version=opset,
+                    input_names=input_names,
+                    output_names=output_names,
+                    dynamic_axes=_dynamic_axes(input_names, output_names),
+                )
     info = {
         "format": fmt,
         "export_method": method,
@@ -196,8 +201,7 @@ def export_model(
         "size_divisibility": int(model.backbone.size_divisibility),
         "postprocess": _postprocess_info(cfg, model),
     }
-    with open(os.path.join(output_dir, INFO_FILE), "w") as f:
-        json.dump(info, f, indent=2)
+    atomic_write_text(os.path.join(output_dir, INFO_FILE), json.dumps(info, indent=2))
     logger.info("exported %s (%s) to %s", fmt, ", ".join(output_names), path)
     return path
 
