@@ -51,6 +51,50 @@ def test_training_step_returns_every_loss(model):
     )
 
 
+def test_channels_last_is_the_same_model_in_another_layout():
+    """MODEL.PANOPTIC_CURRICULUM.CHANNELS_LAST: the default model's checkpoint loads into
+    it, its 4-D weights and the encoder's input are NHWC, and it computes the same losses,
+    gradients and outputs."""
+    # no ASPP dropout: its mask is drawn in memory order, so the same seed drops other
+    # elements of an NHWC tensor (training differs by that draw only)
+    no_dropout = [tiny_cfg.__defaults__[0], "MODEL.SEM_SEG_HEAD.ASPP_DROPOUT", 0.0]
+    torch.manual_seed(0)
+    dense = build_model(tiny_cfg(*no_dropout))
+    nhwc = build_model(tiny_cfg(*no_dropout, "MODEL.PANOPTIC_CURRICULUM.CHANNELS_LAST", True))
+    nhwc.load_state_dict(dense.state_dict())
+    weights = [p for p in nhwc.parameters() if p.dim() == 4]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    assert not all(p.is_contiguous() for p in weights)  # the layout really differs
+    seen = []
+    hook = nhwc.backbone.register_forward_hook(
+        lambda m, inp, out: seen.append(inp[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    batch = [fake_sample(seed=0), fake_sample(seed=1, num_instances=3)]
+    grads = []
+    for m in (dense, nhwc):
+        m.zero_grad(set_to_none=True)
+        losses = _train_losses(m, batch)
+        sum(losses.values()).backward()
+        grads.append((losses, {n: p.grad for n, p in m.named_parameters() if p.grad is not None}))
+    (l_dense, g_dense), (l_nhwc, g_nhwc) = grads
+    assert set(l_nhwc) == ALL_LOSSES
+    for k in l_dense:
+        torch.testing.assert_close(l_nhwc[k], l_dense[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert g_nhwc.keys() == g_dense.keys()
+    for n in g_dense:
+        torch.testing.assert_close(g_nhwc[n], g_dense[n], rtol=1e-3, atol=1e-4, msg=n)
+    dense.eval(), nhwc.eval()
+    with torch.no_grad():
+        out_dense, out_nhwc = dense([fake_sample(seed=2)])[0], nhwc([fake_sample(seed=2)])[0]
+    hook.remove()
+    assert seen == [True, True]
+    for key in ("sem_seg", "depth"):
+        torch.testing.assert_close(out_nhwc[key], out_dense[key], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        out_nhwc["instances"].pred_boxes.tensor, out_dense["instances"].pred_boxes.tensor
+    )
+
+
 def test_one_backbone_call_per_batch(model):
     calls = []
     handle = model.backbone.register_forward_hook(lambda *a: calls.append(1))

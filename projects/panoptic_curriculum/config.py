@@ -89,6 +89,10 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     cfg.MODEL.PANOPTIC_CURRICULUM.PANOPTIC_OVERLAP_THRESH = 0.5
     # Panoptic fusion: stuff regions smaller than this (pixels) are dropped.
     cfg.MODEL.PANOPTIC_CURRICULUM.PANOPTIC_STUFF_AREA_LIMIT = 64
+    # Run the convolutions in the channels-last (NHWC) memory format: the model's 4-D
+    # weights and the input batch are stored that way (same numbers, another layout). A
+    # speed option; README "Benchmark" (e) has what it gives on the CPU.
+    cfg.MODEL.PANOPTIC_CURRICULUM.CHANNELS_LAST = False
     # Parameter-name prefixes frozen (no gradients, normalisation statistics fixed) in any
     # training run, curriculum or not, e.g. ["backbone"].
     cfg.MODEL.FREEZE = CN()

@@ -171,6 +171,7 @@ class PanopticCurriculumModel(nn.Module):
         panoptic_score_threshold: float = 0.5,
         loss_weighting: str = "fixed",
         point_head_compile: str = "",
+        channels_last: bool = False,
     ):
         """
         Args:
@@ -220,6 +221,9 @@ class PanopticCurriculumModel(nn.Module):
                 where the point network's many small kernels are launch-bound). The module
                 and its parameters stay as they are (checkpoints are unchanged); under
                 ``torch.jit`` tracing (export) the plain forward runs.
+            channels_last: store every 4-D weight and the input batch in the channels-last
+                (NHWC) memory format. The numbers, shapes and state-dict keys are those of
+                the default layout (a checkpoint loads into either), only the strides differ.
         """
         super().__init__()
         if (proposal_generator is None) != (roi_heads is None):
@@ -300,6 +304,11 @@ class PanopticCurriculumModel(nn.Module):
                 fixed["sem_seg_3d"] = point_loss_weight
                 fixed["consistency"] = consistency_weight
             self.loss_weighting = UncertaintyLossWeighting(fixed)
+        self.channels_last = channels_last
+        if channels_last:
+            # every 4-D weight in NHWC; moving to a device and loading a checkpoint keep the
+            # layout (``Tensor.to`` preserves strides, ``copy_`` writes into the parameter)
+            self.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_config(cls, cfg):
@@ -356,6 +365,7 @@ class PanopticCurriculumModel(nn.Module):
             "panoptic_stuff_area_limit": pc.PANOPTIC_STUFF_AREA_LIMIT,
             "panoptic_score_threshold": pc.PANOPTIC_INSTANCES_CONFIDENCE_THRESH,
             "loss_weighting": pc.LOSS_WEIGHTING,
+            "channels_last": pc.CHANNELS_LAST,
         }
 
     @property
@@ -367,7 +377,10 @@ class PanopticCurriculumModel(nn.Module):
         images = [
             (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
         ]
-        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+        out = ImageList.from_tensors(images, self.backbone.size_divisibility)
+        if self.channels_last:  # [B, 3, H, W] stored NHWC, as the convolutions' weights
+            out.tensor = out.tensor.contiguous(memory_format=torch.channels_last)
+        return out
 
     def _padded(self, batched_inputs, key, pad_value, images: ImageList, dtype=None):
         """Stack ``x[key]`` ``[H, W]`` maps, padded like the images; None if any is absent."""
