@@ -57,14 +57,25 @@ def test_channels_last_is_the_same_model_in_another_layout():
     gradients and outputs."""
     # no ASPP dropout: its mask is drawn in memory order, so the same seed drops other
     # elements of an NHWC tensor (training differs by that draw only)
-    no_dropout = [tiny_cfg.__defaults__[0], "MODEL.SEM_SEG_HEAD.ASPP_DROPOUT", 0.0]
+    def layout(channels_last):
+        return tiny_cfg(
+            "configs/synthetic/curriculum_R18_FPN.yaml",
+            *["MODEL.SEM_SEG_HEAD.ASPP_DROPOUT", 0.0],
+            *["MODEL.PANOPTIC_CURRICULUM.CHANNELS_LAST", channels_last],
+        )
+
     torch.manual_seed(0)
-    dense = build_model(tiny_cfg(*no_dropout))
-    nhwc = build_model(tiny_cfg(*no_dropout, "MODEL.PANOPTIC_CURRICULUM.CHANNELS_LAST", True))
+    dense = build_model(layout(False))
+    nhwc = build_model(layout(True))
     nhwc.load_state_dict(dense.state_dict())
-    weights = [p for p in nhwc.parameters() if p.dim() == 4]
+    # (a weight with one input channel or a 1x1 kernel is both NCHW and NHWC)
+    weights = [
+        p for p in nhwc.parameters() if p.dim() == 4 and p.shape[1] > 1 and p[0, 0].numel() > 1
+    ]
     assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
-    assert not all(p.is_contiguous() for p in weights)  # the layout really differs
+    # the default model really is NCHW: the two layouts differ in every other weight
+    assert all(p.is_contiguous() for p in dense.parameters())
+    assert not any(p.is_contiguous() for p in weights)
     seen = []
     hook = nhwc.backbone.register_forward_hook(
         lambda m, inp, out: seen.append(inp[0].is_contiguous(memory_format=torch.channels_last))
