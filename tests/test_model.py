@@ -94,7 +94,8 @@ def test_channels_last_is_the_same_model_in_another_layout():
     assert g_nhwc.keys() == g_dense.keys()
     for n in g_dense:
         torch.testing.assert_close(g_nhwc[n], g_dense[n], rtol=1e-3, atol=1e-4, msg=n)
-    dense.eval(), nhwc.eval()
+    dense.eval()
+    nhwc.eval()
     with torch.no_grad():
         out_dense, out_nhwc = dense([fake_sample(seed=2)])[0], nhwc([fake_sample(seed=2)])[0]
     hook.remove()
