@@ -4,7 +4,7 @@
 #   2. pictures of augmented training samples -> output/data_preview
 #      (the dataset is generated on first use under $DETECTRON2_DATASETS, default ./datasets);
 #   3. the whole curriculum: semantic -> instance (frozen encoder) -> merge -> joint
-#      fine-tuning, each evaluated
+#      fine-tuning; the merged model (which reproduces both stages) and the final one evaluated
 #      -> output/curriculum (re-running resumes and skips finished stages);
 #   4. the final model's predictions on a validation image -> output/demo, and its point
 #      cloud seen as ground truth / 2D / 3D / disagreement -> output/pointcloud_views.png;

@@ -108,7 +108,8 @@ def fake_sample(h=64, w=96, num_instances=2, seed=0, with_depth=True, depth_valu
 def tiny_curriculum_cfg(split, out_dir, *overrides):
     """``tiny_cfg`` trained and evaluated on the dataset ``split`` under ``out_dir``: batches
     of 2 images at 96 px, no warm-up, 3 iterations per training stage (2 for the joint
-    stage, not run unless ``CURRICULUM.STAGES`` asks for it), 1 data worker."""
+    stage, not run unless ``CURRICULUM.STAGES`` asks for it), every stage evaluated, 1 data
+    worker."""
     return tiny_cfg(
         "configs/synthetic/curriculum_R18_FPN.yaml",
         *[
@@ -145,6 +146,9 @@ def tiny_curriculum_cfg(split, out_dir, *overrides):
             # the shipped config ends with the joint stage; tests that need it ask for it
             "CURRICULUM.STAGES",
             ["semantic", "instance", "merge"],
+            # every stage evaluated (the shipped config evaluates the merged and joint models)
+            "CURRICULUM.EVAL_STAGES",
+            ["semantic", "instance", "merge", "joint"],
             "SOLVER.CHECKPOINT_PERIOD",
             100,
             *overrides,

@@ -104,6 +104,24 @@ def test_point_training_variants_mean_the_same_whatever_the_config_sets():
     assert cfg.MODEL.POINT_HEAD.USE_IMAGE_FEATURES and cfg.MODEL.POINT_HEAD.LIFT == "depth"
 
 
+def test_curriculum_variants_evaluate_their_final_stage():
+    """A variant's result is its final stage's evaluation, even where the config's
+    CURRICULUM.EVAL_STAGES leaves that stage out."""
+    cfg = load_config(MAIN_CONFIG)
+    assert list(cfg.CURRICULUM.EVAL_STAGES) == ["merge", "joint"]
+    assert list(variant_config(cfg, "curriculum", 0, "out", {}).CURRICULUM.EVAL_STAGES) == [
+        "merge",
+        "joint",
+    ]
+    cfg.defrost()
+    cfg.CURRICULUM.EVAL_STAGES = []
+    c = variant_config(cfg, "curriculum", 0, "out", {})
+    assert list(c.CURRICULUM.EVAL_STAGES) == ["joint"]
+    cfg.CURRICULUM.STAGES = ["semantic", "instance", "merge"]
+    c = variant_config(cfg, "curriculum", 0, "out", {})
+    assert list(c.CURRICULUM.EVAL_STAGES) == ["merge"]
+
+
 def test_ablation_runs_measures_and_resumes(small_split, tmp_path, monkeypatch):
     cfg = _cfg(small_split, tmp_path / "root", "CURRICULUM.STAGES", ["semantic"])
     cfg.CURRICULUM.SEMANTIC_ITER = 2

@@ -247,6 +247,33 @@ def test_one_stage_adds_its_row_to_the_summary(curriculum_run, tmp_path):
     assert [r.split("|")[1].strip() for r in rows] == ["semantic", "instance", "merged", "joint"]
 
 
+def test_stages_outside_eval_stages_train_without_an_evaluation(curriculum_run, tmp_path):
+    """CURRICULUM.EVAL_STAGES ["merge"]: the semantic and instance stages train as before and
+    are not evaluated (no results, no inference folder, no evaluation in metrics.json, no row
+    in the summary); the merged model, the same as with every stage evaluated, is."""
+    cfg, out, results = curriculum_run
+    c = _cfg(
+        cfg.DATASETS.TRAIN[0],
+        tmp_path,
+        *["CURRICULUM.STAGES", ["semantic", "instance", "merge"]],
+        *["MODEL.INSTANCE_ADAPTER.NAME", "ResidualConvAdapter"],
+        *["CURRICULUM.EVAL_STAGES", ["merge"]],
+    )
+    again = run_curriculum(c)
+    assert again["semantic"] == {} and again["instance"] == {}
+    for stage in ("semantic", "instance"):
+        assert not (tmp_path / stage / "inference").exists()
+        metrics = (tmp_path / stage / "metrics.json").read_text()
+        assert "total_loss" in metrics and "/mIoU" not in metrics and "/AP" not in metrics
+        assert json.loads((tmp_path / stage / "stage_complete.json").read_text())["results"] == {}
+    assert json.loads(json.dumps(again["merge"])) == json.loads(json.dumps(results["merge"]))
+    rows = (tmp_path / "summary.txt").read_text().splitlines()[2:]
+    assert [r.split("|")[1].strip() for r in rows] == ["merged"]
+    bad = _cfg(cfg.DATASETS.TRAIN[0], tmp_path / "bad", "CURRICULUM.EVAL_STAGES", ["merged"])
+    with pytest.raises(ValueError, match=r"CURRICULUM.EVAL_STAGES = \['merged'\]"):
+        run_curriculum(bad)
+
+
 def test_eval_only_resume_evaluates_the_final_model(curriculum_run):
     """--eval-only --resume on a curriculum folder: its final (joint-stage) model
     (MODEL.WEIGHTS unused), with that stage's config: the joint stage's own results again."""

@@ -233,6 +233,11 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     # Base learning rate of the joint fine-tuning stage (after merge), as a factor of
     # SOLVER.BASE_LR; joint training without a merge stage uses SOLVER.BASE_LR.
     cfg.CURRICULUM.JOINT_LR_FACTOR = 0.1
+    # Stages evaluated on DATASETS.TEST when they finish (a subset of STAGES; the others
+    # train without an evaluation and have no row in summary.txt). The merged model
+    # reproduces the semantic and instance stages' outputs exactly, so ["merge", "joint"]
+    # reports every number of a four-stage curriculum with two evaluations instead of four.
+    cfg.CURRICULUM.EVAL_STAGES = ["semantic", "instance", "merge", "joint"]
     # Write the point cloud of one training sample every N iterations (0: never).
     cfg.CURRICULUM.POINT_CLOUD_DUMP_PERIOD = 0
     # detectron2's SOLVER.MAX_ITER: each curriculum stage trains CURRICULUM.*_ITER iterations

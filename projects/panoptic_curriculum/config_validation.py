@@ -266,6 +266,11 @@ def _check_curriculum(c: _Checker) -> None:
         "'instance' needs 'merge' (['joint'] alone trains the whole model jointly from "
         "MODEL.WEIGHTS)",
     )
+    c.check(
+        "CURRICULUM.EVAL_STAGES",
+        lambda v: isinstance(v, (list, tuple)) and all(s in STAGES for s in v),
+        f"a list of stages from {names} (those evaluated when they finish; may be empty)",
+    )
     for key in ("SEMANTIC_ITER", "INSTANCE_ITER", "JOINT_ITER"):
         c.int_at_least("CURRICULUM." + key, 1, "solver iterations of the stage")
     c.number("CURRICULUM.INSTANCE_LR_FACTOR", 0.0, "factor of SOLVER.BASE_LR", strict=True)

@@ -72,7 +72,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from .checkpoint import AtomicCheckpointer, atomic_write_text
-from .curriculum import evaluate_run, run_curriculum, stage_config
+from .curriculum import STAGES, evaluate_run, run_curriculum, stage_config
 from .trainer import PanopticCurriculumTrainer
 
 __all__ = [
@@ -275,6 +275,10 @@ def variant_config(
     if variant.curriculum:
         for stage, n in iterations.items():
             setattr(c.CURRICULUM, _STAGE_ITER_KEYS[stage], int(n))
+        # the variant's result is its final stage's evaluation, whatever EVAL_STAGES says
+        final_stage = [s for s in STAGES if s in c.CURRICULUM.STAGES][-1]
+        if final_stage not in c.CURRICULUM.EVAL_STAGES:
+            c.CURRICULUM.EVAL_STAGES = list(c.CURRICULUM.EVAL_STAGES) + [final_stage]
     else:
         c.SOLVER.MAX_ITER = int(iterations)
         c.SOLVER.WARMUP_ITERS = min(c.SOLVER.WARMUP_ITERS, c.SOLVER.MAX_ITER // 4)

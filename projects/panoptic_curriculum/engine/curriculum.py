@@ -264,6 +264,18 @@ def _record_stage(c: CfgNode, stage: str, start_iter: int, changed: bool) -> Non
     write_record(path, c, header)
 
 
+def _evaluated(cfg: CfgNode, stage: str) -> bool:
+    """Whether ``stage`` is evaluated when it finishes (``CURRICULUM.EVAL_STAGES``)."""
+    if stage not in cfg.CURRICULUM.EVAL_STAGES:
+        logger.info(
+            "[curriculum] stage '%s' is not evaluated (not in CURRICULUM.EVAL_STAGES %s)",
+            stage,
+            list(cfg.CURRICULUM.EVAL_STAGES),
+        )
+        return False
+    return True
+
+
 def _run_stage(cfg: CfgNode, stage: str, root: str, trainer_cls, changed: bool = False) -> Dict:
     c = stage_config(cfg, stage, root)
     os.makedirs(c.OUTPUT_DIR, exist_ok=True)
@@ -282,6 +294,8 @@ def _run_stage(cfg: CfgNode, stage: str, root: str, trainer_cls, changed: bool =
                 c.MODEL.WEIGHTS,
             )
         comm.synchronize()
+        if not _evaluated(cfg, stage):
+            return OrderedDict()
         model = trainer_cls.build_model(c)
         AtomicCheckpointer(model, c.OUTPUT_DIR, strict=True).load(
             c.MODEL.WEIGHTS, checkpointables=[]
@@ -301,6 +315,12 @@ def _run_stage(cfg: CfgNode, stage: str, root: str, trainer_cls, changed: bool =
     # each stage starts from the same RNG state whatever ran before it in this process
     # (a resumed run then restores the checkpointed state)
     seed_all_rng(None if c.SEED < 0 else c.SEED + comm.get_rank())
+    if not _evaluated(cfg, stage):
+        # no evaluation after training (DATASETS.TEST is evaluation-only: the record holds)
+        c = c.clone()
+        c.defrost()
+        c.DATASETS.TEST = ()
+        c.freeze()
     trainer = trainer_cls(c)
     trainer.resume_or_load(resume=True)
     if changed and trainer.start_iter > 0:
@@ -531,6 +551,8 @@ def summary_table(results: Dict[str, Dict]) -> str:
     """One row per stage ("merge" shown as "merged"), the headline metric of each task."""
     rows = []
     for stage, res in results.items():
+        if not res:  # trained, not evaluated (CURRICULUM.EVAL_STAGES)
+            continue
         row = ["merged" if stage == "merge" else stage]
         for _, task, keys in _COLUMNS:
             found = res.get(task) if isinstance(res.get(task), dict) else {}

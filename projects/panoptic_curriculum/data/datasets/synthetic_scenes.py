@@ -22,6 +22,7 @@ path); the folders of generations that were killed are removed by the next call.
 
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import time
@@ -153,6 +154,91 @@ def _rle(mask: np.ndarray) -> Dict:
     return rle
 
 
+def _render_one(job) -> Dict:
+    """Render scene ``idx`` of a split and write its files; returns its COCO image entry, its
+    instance annotations (without ids) and its panoptic annotation. Runs in a worker process
+    when the split is generated in parallel: everything it needs comes in ``job``."""
+    out_dir, idx, seed, height, width, ranges = job
+    dataset_id = {i: c["id"] for i, c in enumerate(CATEGORIES)}
+    rng = np.random.default_rng([seed, idx])
+    sample = render_scene(sample_scene(rng, height, width, ranges), height, width, rng)
+    stem = f"{idx:06d}"
+    _write_png(os.path.join(out_dir, "image", stem + ".png"), sample.image[:, :, ::-1])
+    _write_png(os.path.join(out_dir, "depth", stem + ".png"), encode_depth_png_mm(sample.depth))
+    _write_png(os.path.join(out_dir, "sem_seg", stem + ".png"), sample.sem_seg)
+    with open(os.path.join(out_dir, "camera", stem + ".json"), "w") as f:
+        camera = {"K": sample.K.tolist(), "depth_format": "png_mm", "depth_unit_m": 1e-3}
+        json.dump({**camera, **sample.camera}, f)
+    image = {"id": idx, "file_name": stem + ".png", "height": height, "width": width}
+
+    # Panoptic segments: one per present stuff class, one per instance.
+    pan = np.zeros((height, width), dtype=np.int64)
+    annotations, segments = [], []
+    for k, inst in enumerate(sample.instances, start=1):
+        mask = sample.instance_ids == k
+        x0, y0, w, h = cv2.boundingRect(mask.astype(np.uint8))
+        cat = dataset_id[inst["category"]]
+        annotations.append(
+            {
+                "image_id": idx,
+                "category_id": cat,
+                "iscrowd": 0,
+                "area": int(mask.sum()),
+                "bbox": [x0, y0, w, h],
+                "segmentation": _rle(mask),
+            }
+        )
+        seg_id = len(segments) + 1
+        pan[mask] = seg_id
+        segments.append(
+            {
+                "id": seg_id,
+                "category_id": cat,
+                "iscrowd": 0,
+                "area": int(mask.sum()),
+                "bbox": [x0, y0, w, h],
+            }
+        )
+    for cls, cat in enumerate(CATEGORIES):
+        if cat["isthing"]:
+            continue
+        mask = sample.sem_seg == cls
+        if not mask.any():
+            continue
+        seg_id = len(segments) + 1
+        pan[mask] = seg_id
+        x0, y0, w, h = cv2.boundingRect(mask.astype(np.uint8))
+        segments.append(
+            {
+                "id": seg_id,
+                "category_id": cat["id"],
+                "iscrowd": 0,
+                "area": int(mask.sum()),
+                "bbox": [x0, y0, w, h],
+            }
+        )
+    rgb = np.stack([pan % 256, pan // 256 % 256, pan // 65536], axis=-1).astype(np.uint8)
+    _write_png(os.path.join(out_dir, "panoptic", stem + ".png"), rgb[:, :, ::-1])
+    pan_annotation = {"image_id": idx, "file_name": stem + ".png", "segments_info": segments}
+    return {"image": image, "annotations": annotations, "panoptic": pan_annotation}
+
+
+def _generation_workers(workers: Optional[int], num_images: int) -> int:
+    """How many processes render a split: ``workers`` (default: the CPU count, at most 8),
+    1 where worker processes cannot be forked (no ``fork`` start method, or this process is a
+    daemon such as a data-loader worker)."""
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 8)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if (
+        "fork" not in multiprocessing.get_all_start_methods()
+        or multiprocessing.current_process().daemon
+    ):
+        return 1
+    return max(1, min(workers, num_images // 16))  # a pool costs more than a few scenes
+
+
 def generate_synthetic_scenes(
     out_dir: str,
     num_images: int,
@@ -160,9 +246,12 @@ def generate_synthetic_scenes(
     height: int,
     width: int,
     ranges: Optional[SceneRanges] = None,
+    workers: Optional[int] = None,
 ) -> float:
     """Render ``num_images`` scenes into ``out_dir`` (created; must not exist), with camera
-    and lighting drawn from ``ranges`` (default: :class:`SceneRanges`).
+    and lighting drawn from ``ranges`` (default: :class:`SceneRanges`), in ``workers``
+    processes (default: one per CPU core, at most 8). Scene ``i`` depends only on ``(seed,
+    i)``, so the files are the same for any number of workers.
 
     Returns:
         generation rate in images per second (rendering and writing).
@@ -170,81 +259,20 @@ def generate_synthetic_scenes(
     start = time.perf_counter()
     for sub in ("image", "depth", "sem_seg", "panoptic", "camera"):
         os.makedirs(os.path.join(out_dir, sub))
-    dataset_id = {i: c["id"] for i, c in enumerate(CATEGORIES)}
-    images, annotations, pan_annotations = [], [], []
-    ann_id = 1
-    for idx in range(num_images):
-        rng = np.random.default_rng([seed, idx])
-        sample = render_scene(sample_scene(rng, height, width, ranges), height, width, rng)
-        stem = f"{idx:06d}"
-        _write_png(os.path.join(out_dir, "image", stem + ".png"), sample.image[:, :, ::-1])
-        _write_png(os.path.join(out_dir, "depth", stem + ".png"), encode_depth_png_mm(sample.depth))
-        _write_png(os.path.join(out_dir, "sem_seg", stem + ".png"), sample.sem_seg)
-        with open(os.path.join(out_dir, "camera", stem + ".json"), "w") as f:
-            json.dump(
-                {
-                    "K": sample.K.tolist(),
-                    "depth_format": "png_mm",
-                    "depth_unit_m": 1e-3,
-                    **sample.camera,
-                },
-                f,
-            )
-        images.append({"id": idx, "file_name": stem + ".png", "height": height, "width": width})
-
-        # Panoptic segments: one per present stuff class, one per instance.
-        pan = np.zeros((height, width), dtype=np.int64)
-        segments = []
-        for k, inst in enumerate(sample.instances, start=1):
-            mask = sample.instance_ids == k
-            x0, y0, w, h = cv2.boundingRect(mask.astype(np.uint8))
-            cat = dataset_id[inst["category"]]
-            annotations.append(
-                {
-                    "id": ann_id,
-                    "image_id": idx,
-                    "category_id": cat,
-                    "iscrowd": 0,
-                    "area": int(mask.sum()),
-                    "bbox": [x0, y0, w, h],
-                    "segmentation": _rle(mask),
-                }
-            )
-            ann_id += 1
-            seg_id = len(segments) + 1
-            pan[mask] = seg_id
-            segments.append(
-                {
-                    "id": seg_id,
-                    "category_id": cat,
-                    "iscrowd": 0,
-                    "area": int(mask.sum()),
-                    "bbox": [x0, y0, w, h],
-                }
-            )
-        for cls, cat in enumerate(CATEGORIES):
-            if cat["isthing"]:
-                continue
-            mask = sample.sem_seg == cls
-            if not mask.any():
-                continue
-            seg_id = len(segments) + 1
-            pan[mask] = seg_id
-            x0, y0, w, h = cv2.boundingRect(mask.astype(np.uint8))
-            segments.append(
-                {
-                    "id": seg_id,
-                    "category_id": cat["id"],
-                    "iscrowd": 0,
-                    "area": int(mask.sum()),
-                    "bbox": [x0, y0, w, h],
-                }
-            )
-        rgb = np.stack([pan % 256, pan // 256 % 256, pan // 65536], axis=-1).astype(np.uint8)
-        _write_png(os.path.join(out_dir, "panoptic", stem + ".png"), rgb[:, :, ::-1])
-        pan_annotations.append(
-            {"image_id": idx, "file_name": stem + ".png", "segments_info": segments}
-        )
+    jobs = [(out_dir, idx, seed, height, width, ranges) for idx in range(num_images)]
+    workers = _generation_workers(workers, num_images)
+    if workers == 1:
+        scenes = [_render_one(job) for job in jobs]
+    else:
+        # fork: the workers inherit the imported generator instead of importing it again
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            scenes = pool.map(_render_one, jobs, chunksize=8)
+    images = [s["image"] for s in scenes]
+    pan_annotations = [s["panoptic"] for s in scenes]
+    annotations = [
+        {"id": ann_id, **ann}
+        for ann_id, ann in enumerate((a for s in scenes for a in s["annotations"]), start=1)
+    ]
 
     thing_cats = [
         {"id": c["id"], "name": c["name"], "supercategory": "thing"}
