@@ -174,49 +174,28 @@ def _render_one(job) -> Dict:
     # Panoptic segments: one per present stuff class, one per instance.
     pan = np.zeros((height, width), dtype=np.int64)
     annotations, segments = [], []
-    for k, inst in enumerate(sample.instances, start=1):
-        mask = sample.instance_ids == k
-        x0, y0, w, h = cv2.boundingRect(mask.astype(np.uint8))
-        cat = dataset_id[inst["category"]]
-        annotations.append(
-            {
-                "image_id": idx,
-                "category_id": cat,
-                "iscrowd": 0,
-                "area": int(mask.sum()),
-                "bbox": [x0, y0, w, h],
-                "segmentation": _rle(mask),
-            }
-        )
-        seg_id = len(segments) + 1
-        pan[mask] = seg_id
-        segments.append(
-            {
-                "id": seg_id,
-                "category_id": cat,
-                "iscrowd": 0,
-                "area": int(mask.sum()),
-                "bbox": [x0, y0, w, h],
-            }
-        )
-    for cls, cat in enumerate(CATEGORIES):
-        if cat["isthing"]:
+    regions = [
+        (sample.instance_ids == k, dataset_id[inst["category"]], True)
+        for k, inst in enumerate(sample.instances, start=1)
+    ] + [
+        (sample.sem_seg == cls, cat["id"], False)
+        for cls, cat in enumerate(CATEGORIES)
+        if not cat["isthing"]
+    ]
+    for mask, category_id, is_instance in regions:
+        if not is_instance and not mask.any():  # stuff classes absent from the image
             continue
-        mask = sample.sem_seg == cls
-        if not mask.any():
-            continue
-        seg_id = len(segments) + 1
-        pan[mask] = seg_id
         x0, y0, w, h = cv2.boundingRect(mask.astype(np.uint8))
-        segments.append(
-            {
-                "id": seg_id,
-                "category_id": cat["id"],
-                "iscrowd": 0,
-                "area": int(mask.sum()),
-                "bbox": [x0, y0, w, h],
-            }
-        )
+        region = {
+            "category_id": category_id,
+            "iscrowd": 0,
+            "area": int(mask.sum()),
+            "bbox": [x0, y0, w, h],
+        }
+        if is_instance:
+            annotations.append({"image_id": idx, **region, "segmentation": _rle(mask)})
+        segments.append({"id": len(segments) + 1, **region})
+        pan[mask] = len(segments)
     rgb = np.stack([pan % 256, pan // 256 % 256, pan // 65536], axis=-1).astype(np.uint8)
     _write_png(os.path.join(out_dir, "panoptic", stem + ".png"), rgb[:, :, ::-1])
     pan_annotation = {"image_id": idx, "file_name": stem + ".png", "segments_info": segments}
