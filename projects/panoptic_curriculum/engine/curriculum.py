@@ -266,14 +266,7 @@ def _record_stage(c: CfgNode, stage: str, start_iter: int, changed: bool) -> Non
 
 def _evaluated(cfg: CfgNode, stage: str) -> bool:
     """Whether ``stage`` is evaluated when it finishes (``CURRICULUM.EVAL_STAGES``)."""
-    if stage not in cfg.CURRICULUM.EVAL_STAGES:
-        logger.info(
-            "[curriculum] stage '%s' is not evaluated (not in CURRICULUM.EVAL_STAGES %s)",
-            stage,
-            list(cfg.CURRICULUM.EVAL_STAGES),
-        )
-        return False
-    return True
+    return stage in cfg.CURRICULUM.EVAL_STAGES
 
 
 def _run_stage(cfg: CfgNode, stage: str, root: str, trainer_cls, changed: bool = False) -> Dict:
@@ -417,12 +410,13 @@ def run_curriculum(
             continue
         iters = stage_config(cfg, stage, root).SOLVER.MAX_ITER
         logger.info(
-            "[curriculum] stage %d/%d '%s' (%d iterations) in %s",
+            "[curriculum] stage %d/%d '%s' (%d iterations) in %s%s",
             i,
             len(stages),
             stage,
             iters,
             stage_dir,
+            "" if _evaluated(cfg, stage) else ", not evaluated (CURRICULUM.EVAL_STAGES)",
         )
         results = _run_stage(cfg, stage, root, trainer_cls, changed=stage in changed)
         all_results[stage] = results

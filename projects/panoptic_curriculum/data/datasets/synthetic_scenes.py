@@ -159,7 +159,6 @@ def _render_one(job) -> Dict:
     instance annotations (without ids) and its panoptic annotation. Runs in a worker process
     when the split is generated in parallel: everything it needs comes in ``job``."""
     out_dir, idx, seed, height, width, ranges = job
-    dataset_id = {i: c["id"] for i, c in enumerate(CATEGORIES)}
     rng = np.random.default_rng([seed, idx])
     sample = render_scene(sample_scene(rng, height, width, ranges), height, width, rng)
     stem = f"{idx:06d}"
@@ -175,7 +174,7 @@ def _render_one(job) -> Dict:
     pan = np.zeros((height, width), dtype=np.int64)
     annotations, segments = [], []
     regions = [
-        (sample.instance_ids == k, dataset_id[inst["category"]], True)
+        (sample.instance_ids == k, CATEGORIES[inst["category"]]["id"], True)
         for k, inst in enumerate(sample.instances, start=1)
     ] + [
         (sample.sem_seg == cls, cat["id"], False)
