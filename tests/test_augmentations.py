@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from fvcore.transforms.transform import NoOpTransform
 
 import detectron2.data.transforms as T
 
@@ -112,6 +113,21 @@ def test_random_photometric_changes_colours_not_geometry(small_dicts):
         assert torch.equal(b[key], a[key]), key
 
 
+def test_random_photometric_applies_to_a_fraction_prob_of_images():
+    img = np.random.default_rng(0).integers(0, 256, size=(8, 10, 3), dtype=np.uint8)
+    kwargs = dict(brightness=0.3, white_balance=0.2)
+    np.random.seed(0)
+    never = [RandomPhotometric(prob=0.0, **kwargs).get_transform(img) for _ in range(50)]
+    assert all(isinstance(t, NoOpTransform) for t in never)
+    aug = RandomPhotometric(prob=0.5, **kwargs)
+    changed = [
+        not np.array_equal(aug.get_transform(img).apply_image(img), img) for _ in range(400)
+    ]
+    assert 0.4 < np.mean(changed) < 0.6
+    always = RandomPhotometric(**kwargs)  # prob 1: every image
+    assert not any(isinstance(always.get_transform(img), NoOpTransform) for _ in range(50))
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -119,6 +135,7 @@ def test_random_photometric_changes_colours_not_geometry(small_dicts):
         ({"hue_deg": 200}, r"HUE must be in \[0, 180\]"),
         ({"blur_sigma": 0.1}, r"BLUR_SIGMA must be 0 \(off\) or in \[0.3, 20\]"),
         ({"noise_prob": 1.5}, r"NOISE_PROB must be in \[0, 1\]"),
+        ({"prob": -0.1}, r"PROB must be in \[0, 1\]"),
     ],
 )
 def test_photometric_bad_values_are_named(kwargs, message):
@@ -135,6 +152,9 @@ def test_config_switches():
     base.INPUT.PHOTOMETRIC.ENABLED = base.INPUT.CAMERA_AUG.ENABLED = True
     augs = build_rgbd_augmentation(base, True)
     assert [type(a) for a in augs[-2:]] == [RandomZoom, RandomPhotometric]
+    assert augs[-1].prob == 1.0
+    base.INPUT.PHOTOMETRIC.PROB = 0.5
+    assert build_rgbd_augmentation(base, True)[-1].prob == 0.5
     assert all(type(a) not in (RandomZoom, RandomPhotometric) for a in
                build_rgbd_augmentation(base, False))  # never at test time
     mapper = RGBDDatasetMapper(base, True)

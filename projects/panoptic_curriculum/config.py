@@ -60,6 +60,9 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     # (0-255 intensity units).
     cfg.INPUT.PHOTOMETRIC.NOISE_STD = 0.0
     cfg.INPUT.PHOTOMETRIC.NOISE_PROB = 0.0
+    # Probability that an image gets the photometric change at all (the rest stay as
+    # rendered); 1.0: every image.
+    cfg.INPUT.PHOTOMETRIC.PROB = 1.0
     # Camera (focal-length) augmentation at training time: scale the image by a factor
     # drawn log-uniformly in ZOOM_RANGE and crop / pad back to its size; K is updated.
     cfg.INPUT.CAMERA_AUG = CN()
