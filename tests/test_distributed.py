@@ -255,7 +255,7 @@ def test_every_config_and_stage_trains_in_two_processes(
     for r in range(WORLD_SIZE):
         with open(tmp_path / f"all_rank{r}.json") as f:
             ranks.append(json.load(f))
-    assert sorted(ranks[0]) == CONFIG_FILES and len(CONFIG_FILES) == 7
+    assert sorted(ranks[0]) == CONFIG_FILES and len(CONFIG_FILES) == 8
     for config_file in CONFIG_FILES:
         per_rank = [r[config_file] for r in ranks]
         stages = _training_stages(config_file)
