@@ -113,19 +113,28 @@ def test_random_photometric_changes_colours_not_geometry(small_dicts):
         assert torch.equal(b[key], a[key]), key
 
 
-def test_random_photometric_applies_to_a_fraction_prob_of_images():
+def _photometric_aug(prob):
+    cfg = tiny_cfg("configs/synthetic/curriculum_R18_FPN.yaml")
+    cfg.INPUT.PHOTOMETRIC.ENABLED = True
+    cfg.INPUT.PHOTOMETRIC.PROB = prob
+    return build_rgbd_augmentation(cfg, True)[-1]
+
+
+def test_photometric_prob_applies_the_change_to_that_fraction_of_images():
     img = np.random.default_rng(0).integers(0, 256, size=(8, 10, 3), dtype=np.uint8)
-    kwargs = dict(brightness=0.3, white_balance=0.2)
     np.random.seed(0)
-    never = [RandomPhotometric(prob=0.0, **kwargs).get_transform(img) for _ in range(50)]
-    assert all(isinstance(t, NoOpTransform) for t in never)
-    aug = RandomPhotometric(prob=0.5, **kwargs)
+    never = _photometric_aug(0.0)
+    assert all(isinstance(never.get_transform(img), NoOpTransform) for _ in range(50))
+    half = _photometric_aug(0.5)
+    assert isinstance(half, T.RandomApply) and isinstance(half.aug, RandomPhotometric)
     changed = [
-        not np.array_equal(aug.get_transform(img).apply_image(img), img) for _ in range(400)
+        not np.array_equal(half.get_transform(img).apply_image(img), img) for _ in range(400)
     ]
     assert 0.4 < np.mean(changed) < 0.6
-    always = RandomPhotometric(**kwargs)  # prob 1: every image
-    assert not any(isinstance(always.get_transform(img), NoOpTransform) for _ in range(50))
+    always = _photometric_aug(1.0)  # every image, drawn as before PROB existed
+    assert type(always) is RandomPhotometric
+    with pytest.raises(ValueError, match=r"INPUT.PHOTOMETRIC.PROB must be in \[0, 1\]"):
+        _photometric_aug(1.5)
 
 
 @pytest.mark.parametrize(
@@ -135,7 +144,6 @@ def test_random_photometric_applies_to_a_fraction_prob_of_images():
         ({"hue_deg": 200}, r"HUE must be in \[0, 180\]"),
         ({"blur_sigma": 0.1}, r"BLUR_SIGMA must be 0 \(off\) or in \[0.3, 20\]"),
         ({"noise_prob": 1.5}, r"NOISE_PROB must be in \[0, 1\]"),
-        ({"prob": -0.1}, r"PROB must be in \[0, 1\]"),
     ],
 )
 def test_photometric_bad_values_are_named(kwargs, message):
@@ -152,9 +160,6 @@ def test_config_switches():
     base.INPUT.PHOTOMETRIC.ENABLED = base.INPUT.CAMERA_AUG.ENABLED = True
     augs = build_rgbd_augmentation(base, True)
     assert [type(a) for a in augs[-2:]] == [RandomZoom, RandomPhotometric]
-    assert augs[-1].prob == 1.0
-    base.INPUT.PHOTOMETRIC.PROB = 0.5
-    assert build_rgbd_augmentation(base, True)[-1].prob == 0.5
     assert all(type(a) not in (RandomZoom, RandomPhotometric) for a in
                build_rgbd_augmentation(base, False))  # never at test time
     mapper = RGBDDatasetMapper(base, True)

@@ -206,6 +206,8 @@ CONFIGS = sorted(
 def test_every_config_resizes_then_crops(config_file):
     cfg = load_config(config_file)
     augs = build_rgbd_augmentation(cfg, is_train=True)
+    # (an augmentation applied to a fraction of the images counts as the one it wraps)
+    augs = [a.aug if isinstance(a, T.RandomApply) else a for a in augs]
     kinds = [type(a) for a in augs]
     # the plugin's camera / photometric augmentations (INPUT.CAMERA_AUG, INPUT.PHOTOMETRIC)
     # come after detectron2's, on the training-size tensors

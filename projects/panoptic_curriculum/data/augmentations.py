@@ -18,13 +18,7 @@ from typing import List, Tuple
 
 import cv2
 import numpy as np
-from fvcore.transforms.transform import (
-    CropTransform,
-    NoOpTransform,
-    PadTransform,
-    Transform,
-    TransformList,
-)
+from fvcore.transforms.transform import CropTransform, PadTransform, Transform, TransformList
 
 from detectron2.data import transforms as T
 from detectron2.data.transforms import ResizeTransform
@@ -110,9 +104,7 @@ class RandomPhotometric(T.Augmentation):
     (white balance), a hue rotation in ``[-h, h]`` degrees, a blur with probability
     ``blur_prob`` (sigma uniform in ``[0.3, blur_sigma]`` pixels) and noise with probability
     ``noise_prob`` (std uniform in ``[0, noise_std]``, 0-255 units). A magnitude of 0 turns
-    its part off. The whole change is applied to an image with probability ``prob`` (the
-    other images pass unchanged, so the clean distribution stays in training); with
-    ``prob`` 1 no extra random number is drawn."""
+    its part off."""
 
     def __init__(
         self,
@@ -126,7 +118,6 @@ class RandomPhotometric(T.Augmentation):
         blur_prob: float = 0.0,
         noise_std: float = 0.0,
         noise_prob: float = 0.0,
-        prob: float = 1.0,
         image_format: str = "BGR",
     ):
         super().__init__()
@@ -138,8 +129,7 @@ class RandomPhotometric(T.Augmentation):
         ):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"INPUT.PHOTOMETRIC.{name} must be in [0, 1), got {value}")
-        probs = (("BLUR_PROB", blur_prob), ("NOISE_PROB", noise_prob), ("PROB", prob))
-        for name, value in probs:
+        for name, value in (("BLUR_PROB", blur_prob), ("NOISE_PROB", noise_prob)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"INPUT.PHOTOMETRIC.{name} must be in [0, 1], got {value}")
         if not 0.0 <= hue_deg <= 180.0:
@@ -159,9 +149,6 @@ class RandomPhotometric(T.Augmentation):
 
         def factor(m):
             return u(1.0 - m, 1.0 + m) if m > 0 else 1.0
-
-        if self.prob < 1.0 and u(0.0, 1.0) >= self.prob:
-            return NoOpTransform()
 
         gains = (factor(self.white_balance), 1.0, factor(self.white_balance))
         blur = u(0.3, self.blur_sigma) if self.blur_sigma > 0 and u() < self.blur_prob else 0.0
@@ -255,8 +242,11 @@ def build_extra_train_augmentation(cfg) -> List[T.Augmentation]:
                 blur_prob=p.BLUR_PROB,
                 noise_std=p.NOISE_STD,
                 noise_prob=p.NOISE_PROB,
-                prob=p.PROB,
                 image_format=cfg.INPUT.FORMAT,
             )
         )
+        if not 0.0 <= p.PROB <= 1.0:
+            raise ValueError(f"INPUT.PHOTOMETRIC.PROB must be in [0, 1], got {p.PROB}")
+        if p.PROB < 1.0:  # the rest of the images stay as rendered; 1: no extra random draw
+            augs[-1] = T.RandomApply(augs[-1], prob=p.PROB)
     return augs
