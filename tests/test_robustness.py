@@ -149,11 +149,15 @@ def test_glass_blur_is_the_packages_exactly():
     from panoptic_curriculum.data.corruptions import _glass_blur
 
     ic = compat.import_imagecorruptions()
-    for severity in (1, 4):
-        np.random.seed(11)
-        expected = np.uint8(ic.corruptions.glass_blur(Image.fromarray(IMAGE), severity))
-        np.random.seed(11)
-        np.testing.assert_array_equal(np.uint8(_glass_blur(IMAGE, severity)), expected)
+    # every severity (pixel displacements of 1-4 and 1-3 passes, so chains of moves that
+    # the vectorised version must resolve in the package's order), landscape and portrait
+    tall = (np.random.RandomState(1).rand(56, 36, 3) * 255).astype(np.uint8)
+    for image in (IMAGE, tall):
+        for severity in (1, 2, 3, 4, 5):
+            np.random.seed(11 + severity)
+            expected = np.uint8(ic.corruptions.glass_blur(Image.fromarray(image), severity))
+            np.random.seed(11 + severity)
+            np.testing.assert_array_equal(np.uint8(_glass_blur(image, severity)), expected)
 
 
 # ---------------------------------------------------------------- protocol arithmetic
