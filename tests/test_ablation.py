@@ -14,6 +14,7 @@ from panoptic_curriculum.engine.ablation import (
     VARIANTS,
     measure_step_time,
     plan_budget,
+    resolve_per_class,
     results_table,
     run_ablation,
     variant_config,
@@ -50,6 +51,31 @@ def test_plan_gives_every_variant_the_curriculums_seconds():
     cfg.CURRICULUM.STAGES = ["merge"]
     with pytest.raises(ValueError, match="CURRICULUM.STAGES"):
         plan_budget(cfg, ["joint_scratch"], times)
+
+
+def test_per_class_columns_are_checked_against_the_test_sets_classes():
+    from detectron2.data import MetadataCatalog
+
+    cfg = tiny_cfg()
+    cfg.DATASETS.TEST = ("synthetic_scenes_val",)
+    # default: the test set's thing classes
+    assert resolve_per_class(cfg, None) == ["ball", "crate", "container", "pillar"]
+    assert resolve_per_class(cfg, ["crate", "sky"]) == ["crate", "sky"]
+    assert resolve_per_class(cfg, []) == []
+    with pytest.raises(ValueError, match=r"'lamp'.*synthetic_scenes_val.*'ground'"):
+        resolve_per_class(cfg, ["ball", "lamp"])
+    # an override typed after --per-class (it takes every word up to the next option) is
+    # named as such instead of silently becoming a column and leaving the config unchanged
+    with pytest.raises(ValueError, match="config overrides KEY VALUE go after every option"):
+        resolve_per_class(cfg, ["ball", "CURRICULUM.SEMANTIC_ITER", "250"])
+    # many thing classes (COCO's 80): no default columns
+    name = "_ablation_test_many_things"
+    MetadataCatalog.get(name).set(
+        thing_classes=[f"t{i}" for i in range(20)], stuff_classes=[f"t{i}" for i in range(20)]
+    )
+    cfg.DATASETS.TEST = (name,)
+    assert resolve_per_class(cfg, None) == []
+    assert resolve_per_class(cfg, ["t3"]) == ["t3"]
 
 
 def test_table_reports_mean_and_std_over_seeds():

@@ -40,8 +40,10 @@ def main():
     parser.add_argument(
         "--per-class",
         nargs="*",
-        default=["ball", "crate", "container", "pillar"],
-        help="semantic classes whose IoU gets its own column",
+        default=None,
+        help="semantic classes whose IoU gets its own column (default: the test set's thing "
+        "classes, if at most 8: ball, crate, container, pillar on the synthetic scenes); "
+        "config overrides go after every option",
     )
     parser.add_argument("--output", default="output/ablation")
     parser.add_argument(

@@ -68,6 +68,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
@@ -85,6 +86,7 @@ __all__ = [
     "evaluate_variant",
     "planned_variants",
     "results_table",
+    "resolve_per_class",
 ]
 
 logger = logging.getLogger(__name__)
@@ -432,6 +434,49 @@ def evaluate_variant(
     return final
 
 
+#: with no ``per_class`` given, the test set's thing classes get IoU columns when there are
+#: at most this many (the synthetic scenes' four; Cityscapes' eight; not COCO's 80)
+MAX_DEFAULT_PER_CLASS = 8
+
+
+def resolve_per_class(cfg: CfgNode, per_class: Optional[Sequence[str]]) -> List[str]:
+    """The semantic classes whose IoU gets its own column of the results table.
+
+    Args:
+        cfg: the config; its first ``DATASETS.TEST`` dataset's metadata names the classes.
+        per_class: class names, or ``None`` for the default: the test set's
+            ``thing_classes`` if there are at most :data:`MAX_DEFAULT_PER_CLASS`, else none.
+
+    Raises:
+        ValueError: a name that is not one of the test set's semantic classes
+        (``stuff_classes``), listing them; a config key among the names (an override typed
+        after ``--per-class``, which takes every word up to the next option) says so.
+    """
+    if not cfg.DATASETS.TEST:
+        return list(per_class or [])
+    name = cfg.DATASETS.TEST[0]
+    meta = MetadataCatalog.get(name)
+    classes = list(meta.get("stuff_classes", None) or [])
+    if per_class is None:
+        things = list(meta.get("thing_classes", None) or [])
+        return things if len(things) <= MAX_DEFAULT_PER_CLASS else []
+    if not classes:
+        return list(per_class)
+    unknown = [c for c in per_class if c not in classes]
+    if unknown:
+        hint = ""
+        if any("." in c and c.split(".")[0].isupper() for c in unknown):
+            hint = (
+                " (config overrides KEY VALUE go after every option: --per-class takes each "
+                "word up to the next option)"
+            )
+        raise ValueError(
+            f"--per-class: {unknown} are not semantic classes of {name}{hint}; its classes "
+            f"are {classes}"
+        )
+    return list(per_class)
+
+
 def _fmt(values: List[float], depth: bool) -> str:
     if not values:
         return "-"
@@ -525,14 +570,16 @@ def run_ablation(
     names: Sequence[str],
     seeds: Sequence[int],
     output: str,
-    per_class: Sequence[str] = (),
+    per_class: Optional[Sequence[str]] = (),
     plan: Optional[Dict] = None,
     evaluate_from: Optional[str] = None,
 ) -> Dict:
     """Plan one wall-clock budget (unless ``plan`` is given or a plan was saved in
     ``output``): the config's curriculum is trained first (first seed), and every step is
     timed side by side with trained weights (module docstring). Then run every variant and
-    seed and write ``output/ablation.{md,json}``. Returns the json content.
+    seed and write ``output/ablation.{md,json}``. Returns the json content. ``per_class``:
+    the semantic classes with their own IoU column (``None``: the test set's thing classes,
+    :func:`resolve_per_class`; an unknown name is an error before anything trains).
 
     With ``evaluate_from`` (an earlier ablation's ``output``), nothing is trained: its
     finished runs are evaluated with ``cfg``'s evaluation settings (``evaluate_variant``)
@@ -542,6 +589,7 @@ def run_ablation(
         raise ValueError(f"unknown ablation variants {unknown}; variants are {list(VARIANTS)}")
     if not seeds:
         raise ValueError("--seeds: give at least one seed")
+    per_class = resolve_per_class(cfg, per_class)
     if not _training_stages(cfg):
         raise ValueError(f"CURRICULUM.STAGES = {list(cfg.CURRICULUM.STAGES)} trains nothing")
     os.makedirs(output, exist_ok=True)
