@@ -449,8 +449,8 @@ def resolve_per_class(cfg: CfgNode, per_class: Optional[Sequence[str]]) -> List[
 
     Raises:
         ValueError: a name that is not one of the test set's semantic classes
-        (``stuff_classes``), listing them; a config key among the names (an override typed
-        after ``--per-class``, which takes every word up to the next option) says so.
+        (``stuff_classes``), listing them and reminding that config overrides go last (an
+        override typed after ``--per-class`` would otherwise become a class name).
     """
     if not cfg.DATASETS.TEST:
         return list(per_class or [])
@@ -464,15 +464,10 @@ def resolve_per_class(cfg: CfgNode, per_class: Optional[Sequence[str]]) -> List[
         return list(per_class)
     unknown = [c for c in per_class if c not in classes]
     if unknown:
-        hint = ""
-        if any("." in c and c.split(".")[0].isupper() for c in unknown):
-            hint = (
-                " (config overrides KEY VALUE go after every option: --per-class takes each "
-                "word up to the next option)"
-            )
         raise ValueError(
-            f"--per-class: {unknown} are not semantic classes of {name}{hint}; its classes "
-            f"are {classes}"
+            f"--per-class: {unknown} are not semantic classes of {name}; its classes are "
+            f"{classes} (--per-class takes every word up to the next option: config overrides "
+            "KEY VALUE go after every option)"
         )
     return list(per_class)
 
