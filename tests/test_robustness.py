@@ -275,8 +275,42 @@ def test_robustness_tool_end_to_end(small_split, small_split_dir, checkpoint, tm
     assert report["summary"]["tiny"]["num_models"] == 1
     assert (out / "robustness.png").stat().st_size > 1000
     assert "| tiny (n=1) |" in (out / "robustness.md").read_text()
-    cached = sorted(os.listdir(out / "runs" / "00-tiny" / f"{small_split}_firstall_seed0"))
+    (folder,) = os.listdir(out / "runs")
+    assert folder.startswith("00-tiny-")  # index, label, digest of weights and configs
+    cached = sorted(os.listdir(out / "runs" / folder / f"{small_split}_firstall_seed0"))
     assert cached == ["clean.json", "gaussian_noise_1.json", "gaussian_noise_5.json"]
+
+
+def test_robustness_cache_belongs_to_the_weights_and_the_settings(
+    small_split, checkpoint, tmp_path
+):
+    """An output folder re-used with other weights under the same label, or with another
+    test size, evaluates afresh instead of returning the cached numbers; the same weights
+    and settings read the cache back."""
+    torch.manual_seed(7)
+    other = str(tmp_path / "other.pth")
+    torch.save({"model": build_model(tiny_cfg()).state_dict()}, other)
+    out = tmp_path / "rob"
+
+    def clean(weights, *extra):
+        argv = ["--weights", weights, "--labels", "tiny", "--corruptions", "none"]
+        argv += ["--max-images", "2", "--output", str(out), *_opts(small_split), *extra]
+        assert robustness_tool.main(argv) == 0
+        report = json.loads((out / "robustness.json").read_text())
+        return report["runs"]["tiny"][0]["clean"]
+
+    first = clean(checkpoint)
+    alone = tmp_path / "alone"
+    argv = ["--weights", other, "--labels", "tiny", "--corruptions", "none", "--max-images"]
+    assert robustness_tool.main(argv + ["2", "--output", str(alone), *_opts(small_split)]) == 0
+    other_alone = json.loads((alone / "robustness.json").read_text())["runs"]["tiny"][0]
+    assert first != other_alone["clean"]
+    assert clean(other) == other_alone["clean"]  # not the first checkpoint's cached numbers
+    assert len(os.listdir(out / "runs")) == 2
+    larger = clean(checkpoint, "INPUT.MIN_SIZE_TEST", "128")
+    assert len(os.listdir(out / "runs")) == 3 and larger != first
+    # the same weights and settings again: read back, no new cache folder
+    assert clean(checkpoint) == first and len(os.listdir(out / "runs")) == 3
 
 
 def test_robustness_tool_without_depth_and_bad_arguments(small_split, checkpoint, tmp_path):

@@ -17,11 +17,14 @@ corruptions) and rPC = mPC / clean; several models under one label (seeds) as me
     python tools/robustness.py ... --dataset synthetic_scenes_shifted_camera --corruptions none
 
 Writes OUTPUT/robustness.{md,json,png}; per-condition results are cached under
-OUTPUT/runs/ so that an interrupted evaluation resumes. A dataset without depth is evaluated
+OUTPUT/runs/ so that an interrupted evaluation resumes. A cache belongs to one checkpoint's
+contents, its model config and the evaluation config (overrides included): other weights
+under the same label, or another test size, are evaluated afresh, never read from it. A dataset without depth is evaluated
 on the segmentation metrics only (said in the log and the table).
 """
 
 import argparse
+import hashlib
 import logging
 import os
 import sys
@@ -41,6 +44,19 @@ from panoptic_curriculum.evaluation.robustness import (
 )
 
 logger = logging.getLogger("panoptic_curriculum.robustness")
+
+
+def cache_key(weights: str, model_cfg, eval_cfg) -> str:
+    """A short digest of what a cached condition's numbers depend on besides the condition:
+    the checkpoint's bytes, the model's config and the evaluation config (test size,
+    overrides). It names the checkpoint's cache folder, so that re-using an output folder
+    with other weights or settings cannot return the earlier numbers."""
+    h = hashlib.sha256()
+    with open(weights, "rb") as f:
+        h.update(hashlib.file_digest(f, "sha256").digest())
+    h.update(model_cfg.dump().encode())
+    h.update(eval_cfg.dump().encode())
+    return h.hexdigest()[:12]
 
 
 def parse_args(argv=None):
@@ -118,6 +134,7 @@ def main(argv=None) -> int:
         AtomicCheckpointer(model).load(weights, checkpointables=[])
         model.eval()
         tag = f"{k:02d}-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
+        tag += "-" + cache_key(weights, model_cfg, cfg)
         logger.info("[robustness] %s (%s) on %s", label, weights, dataset)
         result = evaluate_robustness(
             cfg,
