@@ -187,6 +187,26 @@ def test_ablation_runs_measures_and_resumes(small_split, tmp_path, monkeypatch):
     record.write_text(json.dumps(data))
     again = run_ablation(cfg, ["semantic_only"], [0], str(out))
     assert again["results"]["semantic_only"][0]["sem_seg"]["mIoU"] == -1.0
+    # ... but only under the config they trained with: another training key (here a
+    # learning rate, or a curriculum stage's rate factor) is refused with the key named,
+    # instead of the earlier numbers being reported as the new config's
+    assert json.loads(record.read_text())["config"]["SOLVER"]["BASE_LR"] == cfg.SOLVER.BASE_LR
+    changed = cfg.clone()
+    changed.defrost()
+    changed.SOLVER.BASE_LR = cfg.SOLVER.BASE_LR * 3
+    with pytest.raises(ConfigMismatchError, match=r"(?s)semantic_only_seed0.*SOLVER.BASE_LR"):
+        run_ablation(changed, ["semantic_only"], [0], str(out))
+    changed = cfg.clone()
+    changed.defrost()
+    changed.CURRICULUM.JOINT_LR_FACTOR = 0.5
+    with pytest.raises(ConfigMismatchError, match="CURRICULUM.JOINT_LR_FACTOR"):
+        run_ablation(changed, ["semantic_only"], [0], str(out))
+    evaluation_only = cfg.clone()
+    evaluation_only.defrost()
+    evaluation_only.CURRICULUM.EVAL_STAGES = []
+    evaluation_only.DATALOADER.NUM_WORKERS = 0
+    read_back = run_ablation(evaluation_only, ["semantic_only"], [0], str(out))
+    assert read_back["results"]["semantic_only"][0]["sem_seg"]["mIoU"] == -1.0
     with pytest.raises(ValueError, match="unknown ablation variants"):
         run_ablation(cfg, ["nope"], [0], str(out))
     # a variant added later gets the saved plan's budget: a curriculum variant the same

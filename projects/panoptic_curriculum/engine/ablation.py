@@ -48,7 +48,10 @@ Variants (``VARIANTS``):
 * ``semantic_only``, ``instance_only``, ``depth_only``: one task, one model.
 
 Every run is evaluated on the config's test set. Results are resumable: a finished run is
-read back from its ``ablation_result.json``.
+read back from its ``ablation_result.json``, which records the config it trained with; a
+re-run whose config would train something else (another learning rate, another loss, ...)
+is refused with the differing keys (``run_record.ConfigMismatchError``) instead of reporting
+the earlier numbers as its own.
 
 Evaluation settings can be changed after training: ``run_ablation(..., evaluate_from=DIR)``
 evaluates the final models of an earlier ablation folder under the config's
@@ -66,6 +69,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import torch
+import yaml
 
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
@@ -74,6 +78,7 @@ from detectron2.utils.events import EventStorage
 
 from .checkpoint import AtomicCheckpointer, atomic_write_text
 from .curriculum import STAGES, evaluate_run, run_curriculum, stage_config
+from .run_record import ConfigMismatchError, format_diff, record_diff
 from .trainer import PanopticCurriculumTrainer
 
 __all__ = [
@@ -363,12 +368,53 @@ def _write_result(out_dir: str, name: str, seed: int, iterations, final: Dict, *
     atomic_write_text(os.path.join(out_dir, RESULT), json.dumps(record, indent=2))
 
 
+#: ``CURRICULUM`` keys that change no run's weights (the others, e.g. the stages' learning
+#: rate factors and datasets, do; ``run_record`` leaves all of them to the stage configs)
+_CURRICULUM_EVALUATION_ONLY = ("EVAL_STAGES", "POINT_CLOUD_DUMP_PERIOD")
+
+
+def _config_record(c: CfgNode) -> Dict:
+    """A run's config as its result record keeps it (YAML's plain values)."""
+    return yaml.safe_load(c.dump())
+
+
+def _check_finished_run(path: str, record: Dict, c: CfgNode, iterations) -> None:
+    """Refuse to read back the finished run ``path`` when ``c`` (the config a run of this
+    variant and seed would train with now) trains something else than its record says.
+
+    Raises:
+        ConfigMismatchError: naming ``path`` and every differing training-relevant key.
+    """
+    diff = []
+    if record.get("iterations") != iterations:
+        diff.append(("iterations (the budget plan)", record.get("iterations"), iterations))
+    recorded = record.get("config")
+    if recorded is None:  # written before results kept their config: nothing to compare
+        logger.warning("[ablation] %s keeps no config: read back unchecked", path)
+    else:
+        diff += record_diff(recorded, c)
+        old_cur, new_cur = recorded.get("CURRICULUM", {}), _config_record(c)["CURRICULUM"]
+        for k in sorted(set(old_cur) | set(new_cur)):
+            if k not in _CURRICULUM_EVALUATION_ONLY and old_cur.get(k) != new_cur.get(k):
+                diff.append((f"CURRICULUM.{k}", old_cur.get(k), new_cur.get(k)))
+    if diff:
+        raise ConfigMismatchError(
+            f"{path} is a finished run of {record.get('variant')} seed {record.get('seed')} "
+            "trained with another config than this ablation's:\n"
+            + format_diff(diff)
+            + "\nuse a new --output for the new config (or the config that trained it)"
+        )
+
+
 def run_variant(cfg: CfgNode, name: str, seed: int, out_dir: str, iterations) -> Dict:
     """Final evaluation results of one variant and seed (the curriculum's last stage, or
     the jointly trained model); resumable."""
-    if os.path.isfile(os.path.join(out_dir, RESULT)):
-        return _read_json(os.path.join(out_dir, RESULT))["final"]
     c = variant_config(cfg, name, seed, out_dir, iterations)
+    path = os.path.join(out_dir, RESULT)
+    if os.path.isfile(path):
+        record = _read_json(path)
+        _check_finished_run(path, record, c, iterations)
+        return record["final"]
     start = time.perf_counter()
     if VARIANTS[name].curriculum:
         results = run_curriculum(c)
@@ -379,7 +425,15 @@ def run_variant(cfg: CfgNode, name: str, seed: int, out_dir: str, iterations) ->
         trainer.resume_or_load(resume=True)
         trainer.train()
         final = getattr(trainer, "_last_eval_results", None) or {}
-    _write_result(out_dir, name, seed, iterations, final, seconds=time.perf_counter() - start)
+    _write_result(
+        out_dir,
+        name,
+        seed,
+        iterations,
+        final,
+        seconds=time.perf_counter() - start,
+        config=_config_record(c),
+    )
     return final
 
 
