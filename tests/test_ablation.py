@@ -254,6 +254,13 @@ def test_ablation_runs_measures_and_resumes(small_split, tmp_path, monkeypatch):
     evaluated = (out2 / "curriculum_no_point_seed0" / "inference" / "config.yaml").read_text()
     assert "MIN_SIZE_TEST: 64" in evaluated
     assert "evaluated again" in (out2 / "ablation.md").read_text()
+    # read back from the same folder only with the same evaluation settings
+    cfg4b = cfg4.clone()
+    cfg4b.INPUT.MIN_SIZE_TEST = 80
+    with pytest.raises(ConfigMismatchError, match="INPUT.MIN_SIZE_TEST: 64 .recorded. -> 80"):
+        run_ablation(cfg4b, ["semantic_only"], [0], str(out2), evaluate_from=str(out))
+    again = run_ablation(cfg4, ["semantic_only"], [0], str(out2), evaluate_from=str(out))
+    assert again["results"]["semantic_only"] == evaluated_again["results"]["semantic_only"]
     # only evaluation settings may differ from what trained the runs
     cfg5 = cfg.clone()
     cfg5.defrost()

@@ -452,8 +452,13 @@ def evaluate_variant(
         ValueError: the run was trained for other iterations than ``iterations``.
         ConfigMismatchError: training-relevant keys differ from the run's record.
     """
-    if os.path.isfile(os.path.join(out_dir, RESULT)):
-        return _read_json(os.path.join(out_dir, RESULT))["final"]
+    c = variant_config(cfg, name, seed, source_dir, iterations)
+    evaluation_record = _config_record(c)
+    path = os.path.join(out_dir, RESULT)
+    if os.path.isfile(path):
+        record = _read_json(path)
+        _check_evaluated_run(path, record, evaluation_record)
+        return record["final"]
     source_record = os.path.join(source_dir, RESULT)
     if not os.path.isfile(source_record):
         raise FileNotFoundError(
@@ -466,7 +471,6 @@ def evaluate_variant(
             f"{source_record}: {name} seed {seed} was trained for {trained.get('iterations')} "
             f"iterations, the plan says {iterations}"
         )
-    c = variant_config(cfg, name, seed, source_dir, iterations)
     if not VARIANTS[name].curriculum:
         c.defrost()
         c.MODEL.WEIGHTS = os.path.join(source_dir, "model_final.pth")
@@ -484,8 +488,43 @@ def evaluate_variant(
         seconds=trained.get("seconds"),
         evaluated_from=os.path.abspath(source_dir),
         evaluation_seconds=time.perf_counter() - start,
+        evaluation_config=evaluation_record,
     )
     return final
+
+
+#: keys that say where an evaluation ran, not what it computed
+_WHERE_ONLY = ("OUTPUT_DIR", "DATALOADER.NUM_WORKERS")
+
+
+def _flat(d: Dict, prefix: str = "") -> Dict[str, object]:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _check_evaluated_run(path: str, record: Dict, current: Dict) -> None:
+    """Refuse to read back the evaluation ``path`` (of ``--evaluate-from``) when the config
+    ``current`` (as :func:`_config_record` gives it) evaluates with other settings than the
+    ones it records (any key: evaluation keys are what such a folder is about).
+
+    Raises:
+        ConfigMismatchError: naming ``path`` and the differing keys.
+    """
+    recorded = record.get("evaluation_config")
+    if recorded is None:
+        logger.warning("[ablation] %s keeps no evaluation config: read back unchecked", path)
+        return
+    old, new = _flat(recorded), _flat(current)
+    keys = sorted((set(old) | set(new)) - set(_WHERE_ONLY))
+    diff = [(k, old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k)]
+    if diff:
+        raise ConfigMismatchError(
+            f"{path} holds an evaluation with other settings than this one's:\n"
+            + format_diff(diff)
+            + "\nuse a new --output for the new settings"
+        )
 
 
 #: with no ``per_class`` given, the test set's thing classes get IoU columns when there are
