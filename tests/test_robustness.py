@@ -24,6 +24,7 @@ from panoptic_curriculum.data.corruptions import (
     corrupt_image,
 )
 from panoptic_curriculum.evaluation.robustness import (
+    paired_differences,
     aggregate_corruptions,
     resolve_corruptions,
     robustness_markdown,
@@ -193,6 +194,22 @@ def test_aggregation_on_hand_numbers():
     assert "| point (n=2) | 81.0 ± 1.4 | 53.5 ± 1.4 |" in text
     assert "Note: a note" in text
 
+    # paired by position: (0 - 2, 3 - 0) = (-2, +3) on every number that shifts
+    runs = {"point": [result(0.0), result(3.0)], "no_point": [result(2.0), result(0.0)]}
+    paired = paired_differences(runs, "no_point")
+    assert list(paired) == ["point"] and paired["point"]["num_pairs"] == 2
+    for stat in (paired["point"]["clean"]["mIoU"], paired["point"]["mPC"]["mIoU"],
+                 paired["point"]["per_corruption"]["fog"]["mIoU"]):
+        assert stat["mean"] == pytest.approx(0.5) and stat["n"] == 2
+        assert stat["std"] == pytest.approx(np.std([-2.0, 3.0], ddof=1))
+    text = robustness_markdown(summarize_runs(runs), paired=paired, baseline="no_point")
+    assert "Paired by position, point − no_point (2 pairs" in text
+    assert "| mPC | +0.5 ± 3.5 | +0.500 ± 3.536 |" in text
+    with pytest.raises(ValueError, match="not one of the labels"):
+        paired_differences(runs, "nope")
+    with pytest.raises(ValueError, match="models per label"):
+        paired_differences({**runs, "third": [result(1.0)]}, "no_point")
+
 
 # ---------------------------------------------------------------- the tool end to end
 def _tree_digest(folder):
@@ -341,6 +358,32 @@ def test_robustness_tool_without_depth_and_bad_arguments(small_split, checkpoint
     assert robustness_tool.main(bad + ["--severities", "0"]) == 2
     assert robustness_tool.main(["--weights", str(tmp_path / "missing.pth")]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_robustness_tool_paired_against(small_split, checkpoint, tmp_path):
+    """--paired-against: the report adds each other label minus the named one, checkpoint by
+    checkpoint; a label that is not given, or labels with unequal numbers of checkpoints,
+    are refused before anything is evaluated."""
+    torch.manual_seed(3)
+    other = str(tmp_path / "other.pth")
+    torch.save({"model": build_model(tiny_cfg()).state_dict()}, other)
+    out = tmp_path / "rob"
+    argv = ["--weights", checkpoint, other, "--labels", "a", "b", "--corruptions",
+            "gaussian_noise", "--severities", "3", "--max-images", "2", "--output", str(out)]
+    assert robustness_tool.main(argv + ["--paired-against", "b", *_opts(small_split)]) == 0
+    report = json.loads((out / "robustness.json").read_text())
+    assert report["paired"]["against"] == "b"
+    diff = report["paired"]["differences"]["a"]
+    a, b = report["runs"]["a"][0], report["runs"]["b"][0]
+    for m in a["metrics"]:
+        assert diff["clean"][m]["mean"] == pytest.approx(a["clean"][m] - b["clean"][m])
+        assert diff["mPC"][m]["mean"] == pytest.approx(a["mPC"][m] - b["mPC"][m])
+    assert "Paired by position, a − b (1 pair;" in (out / "robustness.md").read_text()
+    bad = tmp_path / "bad"
+    for extra in (["--paired-against", "c"], ["--labels", "a", "a", "--paired-against", "a"]):
+        argv = ["--weights", checkpoint, other, "--labels", "a", "b", "--output", str(bad)]
+        assert robustness_tool.main(argv + extra + _opts(small_split)) == 2
+    assert not bad.exists()
 
 
 def test_robustness_tool_models_built_differently(small_split, checkpoint, tmp_path):

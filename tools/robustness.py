@@ -12,6 +12,11 @@ corruptions) and rPC = mPC / clean; several models under one label (seeds) as me
     python tools/robustness.py --weights a/joint/model_final.pth b/joint/model_final.pth \
         --model-configs configs/synthetic/curriculum_R18_FPN.yaml \
         configs/synthetic/curriculum_R18_FPN_no_point.yaml --labels point no_point
+    # with and without the branch over seeds 0-2 (same seed order), and their paired
+    # differences (with - without, seed by seed):
+    python tools/robustness.py --weights p0.pth p1.pth p2.pth n0.pth n1.pth n2.pth \
+        --model-configs A A A B B B --labels point point point no_point no_point no_point \
+        --paired-against no_point
     # a subset, or clean-only evaluation of a shifted dataset:
     python tools/robustness.py ... --corruptions noise fog --severities 1 3 5 --max-images 20
     python tools/robustness.py ... --dataset synthetic_scenes_shifted_camera --corruptions none
@@ -19,8 +24,10 @@ corruptions) and rPC = mPC / clean; several models under one label (seeds) as me
 Writes OUTPUT/robustness.{md,json,png}; per-condition results are cached under
 OUTPUT/runs/ so that an interrupted evaluation resumes. A cache belongs to one checkpoint's
 contents, its model config and the evaluation config (overrides included): other weights
-under the same label, or another test size, are evaluated afresh, never read from it. A dataset without depth is evaluated
-on the segmentation metrics only (said in the log and the table).
+under the same label, or another test size, are evaluated afresh, never read from it. A
+dataset without depth is evaluated on the segmentation metrics only (said in the log and the
+table). With --paired-against LABEL the report adds every other label minus LABEL, checkpoint
+by checkpoint (mean ± std over the pairs).
 """
 
 import argparse
@@ -78,6 +85,14 @@ def parse_args(argv=None):
         help="one label per checkpoint; checkpoints sharing a label are summarised as "
         "mean ± std (default: each checkpoint's path)",
     )
+    parser.add_argument(
+        "--paired-against",
+        default=None,
+        metavar="LABEL",
+        help="also report every other label minus this one, paired by position (the k-th "
+        "checkpoint of each label: give them in the same seed order), as mean ± std over the "
+        "pairs; every label needs as many checkpoints as this one",
+    )
     parser.add_argument("--dataset", default=None, help="default: the config's DATASETS.TEST[0]")
     parser.add_argument(
         "--corruptions",
@@ -108,6 +123,20 @@ def main(argv=None) -> int:
     if len(labels) != len(args.weights):
         logger.error("--labels needs one label per checkpoint (%d given)", len(args.weights))
         return 2
+    if args.paired_against is not None:
+        counts = OrderedDict((label, labels.count(label)) for label in labels)
+        if args.paired_against not in counts:
+            logger.error(
+                "--paired-against %r is not one of the labels %s", args.paired_against, list(counts)
+            )
+            return 2
+        if len(set(counts.values())) != 1 or len(counts) < 2:
+            logger.error(
+                "--paired-against needs at least two labels with as many checkpoints each; "
+                "checkpoints per label: %s",
+                dict(counts),
+            )
+            return 2
     missing = [w for w in args.weights if not os.path.isfile(w)]
     if missing:
         logger.error("checkpoint(s) not found: %s", missing)
@@ -129,7 +158,8 @@ def main(argv=None) -> int:
     runs = OrderedDict()
     condition_set = f"{dataset}_first{args.max_images or 'all'}_seed{args.seed}"
     for k, (label, weights, model_config) in enumerate(zip(labels, args.weights, model_configs)):
-        model_cfg = cfg if model_config == args.config_file else load_config(model_config, args.opts)
+        same = model_config == args.config_file
+        model_cfg = cfg if same else load_config(model_config, args.opts)
         model = PanopticCurriculumTrainer.build_model(model_cfg)
         AtomicCheckpointer(model).load(weights, checkpointables=[])
         model.eval()
@@ -148,7 +178,7 @@ def main(argv=None) -> int:
         )
         result["weights"] = weights
         runs.setdefault(label, []).append(result)
-    paths = write_report(runs, args.output)
+    paths = write_report(runs, args.output, paired_against=args.paired_against)
     print(paths["markdown"])
     logger.info("wrote %s, %s and %s", paths["markdown_file"], paths["json"], paths["plot"])
     return 0

@@ -52,6 +52,7 @@ __all__ = [
     "subset_dataset",
     "evaluate_robustness",
     "summarize_runs",
+    "paired_differences",
     "robustness_markdown",
     "plot_robustness",
     "write_report",
@@ -364,6 +365,61 @@ def summarize_runs(runs: Mapping[str, Sequence[Dict]]) -> Dict:
     return out
 
 
+def paired_differences(runs: Mapping[str, Sequence[Dict]], baseline: str) -> Dict:
+    """Each label's models minus the ``baseline`` label's, paired by position (the k-th
+    checkpoint of one label against the k-th of the other: give them in the same seed
+    order), as mean ± std over the pairs: label -> {"clean"/"mPC"/"rPC": metric -> {mean,
+    std, n}, "per_corruption": corruption -> metric -> {mean, std, n}}.
+
+    Raises:
+        ValueError: ``baseline`` is not a label, or a label has another number of models
+            than the baseline (nothing to pair).
+    """
+    if baseline not in runs:
+        raise ValueError(f"--paired-against {baseline!r} is not one of the labels {list(runs)}")
+    base = [_int_severities(r) for r in runs[baseline]]
+    counts = {label: len(results) for label, results in runs.items()}
+    unequal = {l: n for l, n in counts.items() if n != len(base)}
+    if unequal:
+        raise ValueError(
+            f"paired differences need as many models per label as {baseline!r} has "
+            f"({len(base)}); models per label: {counts}"
+        )
+    out = OrderedDict()
+    for label, results in runs.items():
+        if label == baseline:
+            continue
+        results = [_int_severities(r) for r in results]
+        metrics = [
+            m for m in ROBUSTNESS_METRICS if all(m in r["metrics"] for r in results + base)
+        ]
+
+        def diff(get):
+            return {
+                m: _mean_std(
+                    [
+                        None if get(a, m) is None or get(b, m) is None else get(a, m) - get(b, m)
+                        for a, b in zip(results, base)
+                    ]
+                )
+                for m in metrics
+            }
+
+        entry = {"metrics": metrics, "num_pairs": len(base)}
+        for field in ("clean", "mPC", "rPC"):
+            entry[field] = diff(lambda r, m, f=field: r[f].get(m))
+        shared = [
+            c
+            for c in results[0]["per_corruption"]
+            if all(c in r["per_corruption"] for r in results + base)
+        ]
+        entry["per_corruption"] = OrderedDict(
+            (c, diff(lambda r, m, c=c: r["per_corruption"][c][m])) for c in shared
+        )
+        out[label] = entry
+    return out
+
+
 def _fmt(stat: Mapping[str, float], metric: str, relative: bool = False) -> str:
     if stat["n"] == 0 or math.isnan(stat["mean"]):
         return "-"
@@ -372,9 +428,15 @@ def _fmt(stat: Mapping[str, float], metric: str, relative: bool = False) -> str:
     return text + (f" ± {stat['std']:.{digits}f}" if stat["n"] > 1 else "")
 
 
-def robustness_markdown(summary: Mapping[str, Dict], notes: Sequence[str] = ()) -> str:
+def robustness_markdown(
+    summary: Mapping[str, Dict],
+    notes: Sequence[str] = (),
+    paired: Optional[Mapping[str, Dict]] = None,
+    baseline: Optional[str] = None,
+) -> str:
     """Markdown tables: clean / mPC / rPC per label and metric, then the per-corruption
-    means over severities; ``notes`` (e.g. "no depth") are listed below."""
+    means over severities, then (with ``paired``, :func:`paired_differences` against
+    ``baseline``) the paired differences; ``notes`` (e.g. "no depth") are listed below."""
     labels = list(summary)
     metrics = [m for m in ROBUSTNESS_METRICS if any(m in summary[l]["metrics"] for l in labels)]
     names = {"mIoU": "mIoU", "PQ": "PQ", "d1": "δ<1.25"}
@@ -402,21 +464,46 @@ def robustness_markdown(summary: Mapping[str, Dict], notes: Sequence[str] = ()) 
                     stat = summary[label]["per_corruption"].get(c, {}).get(m)
                     cells.append(_fmt(stat, m) if stat else "-")
             lines.append("| " + " | ".join(cells) + " |")
+    for label, e in (paired or {}).items():
+        lines += [
+            "",
+            f"Paired by position, {label} − {baseline} ({e['num_pairs']} "
+            f"pair{'' if e['num_pairs'] == 1 else 's'}; mean ± std over pairs):",
+            "",
+        ]
+        header = ["condition"] + [names[m] for m in e["metrics"]]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        rows = [(f, e[f], f == "rPC") for f in ("clean", "mPC", "rPC")]
+        rows += [(c, v, False) for c, v in e["per_corruption"].items()]
+        for name, values, relative in rows:
+            cells = [name] + [_fmt_signed(values[m], m, relative) for m in e["metrics"]]
+            lines.append("| " + " | ".join(cells) + " |")
     if notes:
         lines += [""] + [f"Note: {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
-def write_report(runs: Mapping[str, Sequence[Dict]], output_dir: str) -> Dict[str, str]:
-    """Write ``robustness.json`` (every model's numbers and the summary), ``robustness.md``
+def _fmt_signed(stat: Mapping[str, float], metric: str, relative: bool) -> str:
+    if stat["n"] == 0 or math.isnan(stat["mean"]):
+        return "-"
+    digits = 3 if relative or metric == "d1" else 1
+    return f"{stat['mean']:+.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def write_report(
+    runs: Mapping[str, Sequence[Dict]], output_dir: str, paired_against: Optional[str] = None
+) -> Dict[str, str]:
+    """Write ``robustness.json`` (every model's numbers, the summary and, with
+    ``paired_against``, the paired differences), ``robustness.md``
     (:func:`robustness_markdown`) and ``robustness.png`` (:func:`plot_robustness`) into
     ``output_dir``; returns their paths and the markdown under ``"markdown"``."""
     summary = summarize_runs(runs)
+    paired = paired_differences(runs, paired_against) if paired_against else None
     notes = []
     for results in runs.values():
         for r in results:
             notes += [n for n in r.get("notes", []) if n not in notes]
-    text = robustness_markdown(summary, notes)
+    text = robustness_markdown(summary, notes, paired, paired_against)
     os.makedirs(output_dir, exist_ok=True)
     paths = {
         "json": os.path.join(output_dir, "robustness.json"),
@@ -424,7 +511,21 @@ def write_report(runs: Mapping[str, Sequence[Dict]], output_dir: str) -> Dict[st
         "plot": os.path.join(output_dir, "robustness.png"),
     }
     for key, payload in (
-        ("json", json.dumps({"runs": runs, "summary": summary}, indent=1)),
+        (
+            "json",
+            json.dumps(
+                {
+                    "runs": runs,
+                    "summary": summary,
+                    **(
+                        {"paired": {"against": paired_against, "differences": paired}}
+                        if paired
+                        else {}
+                    ),
+                },
+                indent=1,
+            ),
+        ),
         ("markdown_file", text),
     ):
         with open(paths[key] + ".tmp", "w") as f:
