@@ -13,6 +13,7 @@ from panoptic_curriculum.engine import ablation as ablation_module
 from panoptic_curriculum.engine.ablation import (
     VARIANTS,
     measure_step_time,
+    paired_table,
     plan_budget,
     resolve_per_class,
     results_table,
@@ -91,6 +92,32 @@ def test_table_reports_mean_and_std_over_seeds():
     assert "81.0 ± 1.4" in row_a and "52.0 ± 2.8" in row_a and "0.150 ± 0.071" in row_a
     row_b = next(l for l in table.splitlines() if l.startswith("| b "))
     assert "40.0 ± 0.0" in row_b and row_b.count("| - ") == 5  # the tasks it has no model for
+
+
+def test_paired_table_differences_by_seed():
+    """Each variant minus the reference seed by seed, over the seeds both have: arms that
+    move together from seed to seed give a difference with a small spread."""
+    results = {
+        "curriculum": {
+            0: {"sem_seg": {"mIoU": 80.0, "IoU-ball": 50.0}, "depth": {"d1": 0.90}},
+            1: {"sem_seg": {"mIoU": 90.0, "IoU-ball": 60.0}, "depth": {"d1": 0.80}},
+            2: {"sem_seg": {"mIoU": 70.0, "IoU-ball": 70.0}},
+        },
+        "joint_scratch": {
+            0: {"sem_seg": {"mIoU": 81.0, "IoU-ball": 48.0}, "depth": {"d1": 0.85}},
+            1: {"sem_seg": {"mIoU": 92.0, "IoU-ball": 58.0}, "depth": {"d1": 0.78}},
+        },
+        "depth_only": {5: {"depth": {"d1": 0.99}}},  # no seed in common: no row
+    }
+    table = paired_table(results, "curriculum", per_class=["ball"])
+    assert table.startswith("Paired by seed, each variant minus curriculum")
+    (row,) = [l for l in table.splitlines() if l.startswith("| joint_scratch − curriculum")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # seeds 0 and 1: mIoU +1, +2; mask AP absent; d1 -0.05, -0.02; ball -2, -2
+    assert cells[1] == "2" and cells[2] == "+1.5 ± 0.7" and cells[3] == "-"
+    assert cells[6] == "-0.035 ± 0.021" and cells[7] == "-2.0 ± 0.0"
+    assert "depth_only" not in table
+    assert paired_table({"curriculum": results["curriculum"]}, "curriculum") == ""
 
 
 def test_single_task_variants_build_only_their_task():
@@ -177,6 +204,7 @@ def test_ablation_runs_measures_and_resumes(small_split, tmp_path, monkeypatch):
     assert set(content["results"]["semantic_only"]) == {0}
     assert "mIoU" in content["results"]["semantic_only"][0]["sem_seg"]
     assert "| semantic_only |" in (out / "ablation.md").read_text()
+    assert "| semantic_only − curriculum | 1 |" in (out / "ablation.md").read_text()
     measured = "measured seconds per run (training and evaluation), mean over seeds: "
     assert measured + "curriculum " in (out / "ablation.md").read_text()
     assert ", semantic_only " in (out / "ablation.md").read_text().split(measured)[1]

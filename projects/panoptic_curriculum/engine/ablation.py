@@ -91,6 +91,7 @@ __all__ = [
     "evaluate_variant",
     "planned_variants",
     "results_table",
+    "paired_table",
     "resolve_per_class",
 ]
 
@@ -565,12 +566,13 @@ def resolve_per_class(cfg: CfgNode, per_class: Optional[Sequence[str]]) -> List[
     return list(per_class)
 
 
-def _fmt(values: List[float], depth: bool) -> str:
+def _fmt(values: List[float], depth: bool, signed: bool = False) -> str:
     if not values:
         return "-"
     mean = statistics.mean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.3f} ± {std:.3f}" if depth else f"{mean:.1f} ± {std:.1f}"
+    sign = "+" if signed else ""
+    return f"{mean:{sign}.3f} ± {std:.3f}" if depth else f"{mean:{sign}.1f} ± {std:.1f}"
 
 
 def results_table(
@@ -594,6 +596,45 @@ def results_table(
             cells.append(_fmt(vals, task == "depth"))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _value(result: Dict, task: str, key: str) -> Optional[float]:
+    r = result.get(task)
+    return float(r[key]) if isinstance(r, dict) and key in r else None
+
+
+def paired_table(
+    results: Dict[str, Dict[int, Dict]], reference: str, per_class: Sequence[str] = ()
+) -> str:
+    """Markdown table of paired differences: for each variant other than ``reference``, the
+    variant's result minus ``reference``'s for the same seed, mean ± std over the seeds both
+    have (the seed-to-seed spread of a difference is smaller than the arms' own spreads
+    suggest when the arms move together from seed to seed). Empty when no variant shares a
+    seed with ``reference``."""
+    metrics = list(METRICS) + [(f"IoU {c}", "sem_seg", f"IoU-{c}") for c in per_class]
+    ref = results.get(reference, {})
+    lines = []
+    for name, per_seed in results.items():
+        if name == reference:
+            continue
+        seeds = sorted(set(per_seed) & set(ref))
+        if not seeds:
+            continue
+        cells = []
+        for _, task, key in metrics:
+            pairs = [(_value(per_seed[s], task, key), _value(ref[s], task, key)) for s in seeds]
+            diffs = [a - b for a, b in pairs if a is not None and b is not None]
+            cells.append(_fmt(diffs, task == "depth", signed=True))
+        lines.append(f"| {name} − {reference} | {len(seeds)} | " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    header = [
+        f"Paired by seed, each variant minus {reference} (mean ± std over the seeds both have):",
+        "",
+        "| difference | seeds | " + " | ".join(m for m, _, _ in metrics) + " |",
+        "|" + "---|" * (len(metrics) + 2),
+    ]
+    return "\n".join(header + lines)
 
 
 def _extend_plan(cfg: CfgNode, plan: Dict, names: Sequence[str], plan_path: str) -> Dict:
@@ -786,6 +827,10 @@ def _write_results(output, plan, names, seeds, results, per_class, evaluate_from
             ", ".join(f"{n} {v:.0f}" for n, v in measured.items())
         )
     table = results_table(results, per_class) + "\n\n" + budget + "\n"
+    reference = BUDGET_VARIANT if BUDGET_VARIANT in results else next(iter(results))
+    paired = paired_table(results, reference, per_class)
+    if paired:
+        table += "\n" + paired + "\n"
     atomic_write_text(os.path.join(output, "ablation.md"), table)
     content = {"budget": budget, "plan": plan, "results": results}
     atomic_write_text(os.path.join(output, "ablation.json"), json.dumps(content, indent=2))
