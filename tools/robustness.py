@@ -45,6 +45,7 @@ from panoptic_curriculum.data.corruptions import SEVERITIES, check_corruptions
 from panoptic_curriculum.engine import PanopticCurriculumTrainer
 from panoptic_curriculum.engine.checkpoint import AtomicCheckpointer
 from panoptic_curriculum.evaluation.robustness import (
+    check_pairing,
     evaluate_robustness,
     resolve_corruptions,
     write_report,
@@ -124,18 +125,10 @@ def main(argv=None) -> int:
         logger.error("--labels needs one label per checkpoint (%d given)", len(args.weights))
         return 2
     if args.paired_against is not None:
-        counts = OrderedDict((label, labels.count(label)) for label in labels)
-        if args.paired_against not in counts:
-            logger.error(
-                "--paired-against %r is not one of the labels %s", args.paired_against, list(counts)
-            )
-            return 2
-        if len(set(counts.values())) != 1 or len(counts) < 2:
-            logger.error(
-                "--paired-against needs at least two labels with as many checkpoints each; "
-                "checkpoints per label: %s",
-                dict(counts),
-            )
+        try:  # before anything is evaluated
+            check_pairing(OrderedDict((l, labels.count(l)) for l in labels), args.paired_against)
+        except ValueError as e:
+            logger.error("%s", e)
             return 2
     missing = [w for w in args.weights if not os.path.isfile(w)]
     if missing:

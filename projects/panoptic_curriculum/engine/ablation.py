@@ -78,7 +78,7 @@ from detectron2.utils.events import EventStorage
 
 from .checkpoint import AtomicCheckpointer, atomic_write_text
 from .curriculum import STAGES, evaluate_run, run_curriculum, stage_config
-from .run_record import ConfigMismatchError, format_diff, record_diff
+from .run_record import ConfigMismatchError, flat_items, format_diff, record_diff
 from .trainer import PanopticCurriculumTrainer
 
 __all__ = [
@@ -498,13 +498,6 @@ def evaluate_variant(
 _WHERE_ONLY = ("OUTPUT_DIR", "DATALOADER.NUM_WORKERS")
 
 
-def _flat(d: Dict, prefix: str = "") -> Dict[str, object]:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def _check_evaluated_run(path: str, record: Dict, current: Dict) -> None:
     """Refuse to read back the evaluation ``path`` (of ``--evaluate-from``) when the config
     ``current`` (as :func:`_config_record` gives it) evaluates with other settings than the
@@ -517,7 +510,7 @@ def _check_evaluated_run(path: str, record: Dict, current: Dict) -> None:
     if recorded is None:
         logger.warning("[ablation] %s keeps no evaluation config: read back unchecked", path)
         return
-    old, new = _flat(recorded), _flat(current)
+    old, new = flat_items(recorded), flat_items(current)
     keys = sorted((set(old) | set(new)) - set(_WHERE_ONLY))
     diff = [(k, old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k)]
     if diff:
@@ -575,6 +568,11 @@ def _fmt(values: List[float], depth: bool, signed: bool = False) -> str:
     return f"{mean:{sign}.3f} ± {std:.3f}" if depth else f"{mean:{sign}.1f} ± {std:.1f}"
 
 
+def _value(result: Dict, task: str, key: str) -> Optional[float]:
+    r = result.get(task)
+    return float(r[key]) if isinstance(r, dict) and key in r else None
+
+
 def results_table(
     results: Dict[str, Dict[int, Dict]], per_class: Sequence[str] = ()
 ) -> str:
@@ -588,19 +586,10 @@ def results_table(
     for name, per_seed in results.items():
         cells = []
         for _, task, key in metrics:
-            vals = [
-                float(r[task][key])
-                for r in per_seed.values()
-                if isinstance(r.get(task), dict) and key in r[task]
-            ]
+            vals = [v for v in (_value(r, task, key) for r in per_seed.values()) if v is not None]
             cells.append(_fmt(vals, task == "depth"))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _value(result: Dict, task: str, key: str) -> Optional[float]:
-    r = result.get(task)
-    return float(r[key]) if isinstance(r, dict) and key in r else None
 
 
 def paired_table(

@@ -42,6 +42,7 @@ __all__ = [
     "ConfigMismatchError",
     "is_evaluation_only",
     "training_items",
+    "flat_items",
     "read_record",
     "record_diff",
     "write_record",
@@ -96,6 +97,12 @@ def _flatten(d: Dict, prefix: str = ""):
             yield from _flatten(v, f"{prefix}{k}.")
         else:
             yield f"{prefix}{k}", v
+
+
+def flat_items(d: Dict) -> Dict[str, object]:
+    """``{dotted key: value}`` of a nested config dict (e.g. ``yaml.safe_load(cfg.dump())``),
+    every key, evaluation-only ones included."""
+    return dict(_flatten(d))
 
 
 def training_items(config) -> Dict[str, object]:

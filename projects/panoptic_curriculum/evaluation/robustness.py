@@ -52,6 +52,7 @@ __all__ = [
     "subset_dataset",
     "evaluate_robustness",
     "summarize_runs",
+    "check_pairing",
     "paired_differences",
     "robustness_markdown",
     "plot_robustness",
@@ -365,6 +366,23 @@ def summarize_runs(runs: Mapping[str, Sequence[Dict]]) -> Dict:
     return out
 
 
+def check_pairing(counts: Mapping[str, int], baseline: str) -> None:
+    """Whether labels with ``counts`` models each can be paired against ``baseline`` (see
+    :func:`paired_differences`): it must be a label, there must be another one, and every
+    label must have as many models.
+
+    Raises:
+        ValueError: naming the labels and their numbers of models.
+    """
+    if baseline not in counts:
+        raise ValueError(f"--paired-against {baseline!r} is not one of the labels {list(counts)}")
+    if len(counts) < 2 or len(set(counts.values())) != 1:
+        raise ValueError(
+            f"paired differences need at least two labels with as many models each as "
+            f"{baseline!r}; models per label: {dict(counts)}"
+        )
+
+
 def paired_differences(runs: Mapping[str, Sequence[Dict]], baseline: str) -> Dict:
     """Each label's models minus the ``baseline`` label's, paired by position (the k-th
     checkpoint of one label against the k-th of the other: give them in the same seed
@@ -375,21 +393,12 @@ def paired_differences(runs: Mapping[str, Sequence[Dict]], baseline: str) -> Dic
         ValueError: ``baseline`` is not a label, or a label has another number of models
             than the baseline (nothing to pair).
     """
-    if baseline not in runs:
-        raise ValueError(f"--paired-against {baseline!r} is not one of the labels {list(runs)}")
-    base = [_int_severities(r) for r in runs[baseline]]
-    counts = {label: len(results) for label, results in runs.items()}
-    unequal = {l: n for l, n in counts.items() if n != len(base)}
-    if unequal:
-        raise ValueError(
-            f"paired differences need as many models per label as {baseline!r} has "
-            f"({len(base)}); models per label: {counts}"
-        )
+    check_pairing({label: len(results) for label, results in runs.items()}, baseline)
+    base = runs[baseline]
     out = OrderedDict()
     for label, results in runs.items():
         if label == baseline:
             continue
-        results = [_int_severities(r) for r in results]
         metrics = [
             m for m in ROBUSTNESS_METRICS if all(m in r["metrics"] for r in results + base)
         ]
@@ -420,12 +429,16 @@ def paired_differences(runs: Mapping[str, Sequence[Dict]], baseline: str) -> Dic
     return out
 
 
-def _fmt(stat: Mapping[str, float], metric: str, relative: bool = False) -> str:
+def _fmt(
+    stat: Mapping[str, float], metric: str, relative: bool = False, signed: bool = False
+) -> str:
+    """``mean ± std`` (the std left out for one model); ``signed``: a difference, with its
+    sign and always with its std."""
     if stat["n"] == 0 or math.isnan(stat["mean"]):
         return "-"
     digits = 3 if relative or metric == "d1" else 1
-    text = f"{stat['mean']:.{digits}f}"
-    return text + (f" ± {stat['std']:.{digits}f}" if stat["n"] > 1 else "")
+    text = f"{stat['mean']:{'+' if signed else ''}.{digits}f}"
+    return text + (f" ± {stat['std']:.{digits}f}" if stat["n"] > 1 or signed else "")
 
 
 def robustness_markdown(
@@ -476,18 +489,12 @@ def robustness_markdown(
         rows = [(f, e[f], f == "rPC") for f in ("clean", "mPC", "rPC")]
         rows += [(c, v, False) for c, v in e["per_corruption"].items()]
         for name, values, relative in rows:
-            cells = [name] + [_fmt_signed(values[m], m, relative) for m in e["metrics"]]
+            cells = [name] + [_fmt(values[m], m, relative, signed=True) for m in e["metrics"]]
             lines.append("| " + " | ".join(cells) + " |")
     if notes:
         lines += [""] + [f"Note: {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
-
-def _fmt_signed(stat: Mapping[str, float], metric: str, relative: bool) -> str:
-    if stat["n"] == 0 or math.isnan(stat["mean"]):
-        return "-"
-    digits = 3 if relative or metric == "d1" else 1
-    return f"{stat['mean']:+.{digits}f} ± {stat['std']:.{digits}f}"
 
 
 def write_report(
