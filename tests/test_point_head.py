@@ -162,6 +162,12 @@ def test_pairwise_sq_dist_exact_far_from_the_origin():
     assert d2.shape == (1, 1, 2) and d2.dtype == torch.float32
     torch.testing.assert_close(d2.double(), ref, rtol=1e-3, atol=1e-9)
     assert pairwise_sq_dist(a.bfloat16(), b.bfloat16()).dtype == torch.float32
+    # float64: the exact squared differences, and differentiable
+    a64 = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    b64 = torch.randn(2, 4, 3, dtype=torch.float64)
+    ref = (a64[:, :, None] - b64[:, None]).square().sum(-1)
+    torch.testing.assert_close(pairwise_sq_dist(a64, b64), ref, rtol=0, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda t: pairwise_sq_dist(t, b64), (a64,))
 
 
 def test_gather_points():
@@ -321,6 +327,55 @@ def test_default_head_timing():
         f"default PointNet2SegHead fwd+bwd, B=2 N=4096, {torch.get_num_threads()} threads: "
         f"first {times[0]:.2f} s, then {min(times[1:]):.2f} s"
     )
+
+
+@pytest.mark.parametrize("groups,channels", [(32, 32), (4, 16)])
+def test_masked_group_norm_matches_group_norm_on_the_valid_entries(groups, channels):
+    """Forward and (hand-written) backward of MaskedGroupNorm: per sample, the valid entries
+    are normalised exactly as F.group_norm normalises them alone, and a loss on them sends
+    the same gradient; the whole function (invalid entries' outputs included) passes
+    gradcheck."""
+    from panoptic_curriculum.modeling.point_head import MaskedGroupNorm
+
+    torch.manual_seed(0)
+    B, P = 3, 40
+    norm = MaskedGroupNorm(groups, channels)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(channels))
+        norm.bias.copy_(torch.randn(channels))
+    x = (torch.randn(B, P, channels) * 3 + 2).requires_grad_()
+    mask = torch.rand(B, P) > 0.3
+    mask[2] = False  # a sample without valid entries: finite, mean 0 and variance 0
+    grad_out = torch.randn(B, P, channels)
+    grad_out[:2][~mask[:2]] = 0.0  # the reference below sees the valid entries' outputs only
+    y = norm(x, mask)
+    (y * grad_out).sum().backward()
+    for b in range(2):
+        xb = x[b, mask[b]].detach().T.unsqueeze(0).requires_grad_()  # [1, C, Pvalid]
+        yb = F.group_norm(xb, groups, norm.weight, norm.bias, norm.eps)
+        torch.testing.assert_close(y[b, mask[b]], yb[0].T, atol=1e-5, rtol=1e-5)
+        (yb[0].T * grad_out[b, mask[b]]).sum().backward()
+        torch.testing.assert_close(x.grad[b, mask[b]], xb.grad[0].T, atol=1e-4, rtol=1e-4)
+    # no valid entry: mean 0, variance 0, and only the affine map's gradient
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+    r = torch.rsqrt(torch.tensor(norm.eps))
+    torch.testing.assert_close(y[2], norm.bias + norm.weight * x[2].detach() * r)
+    torch.testing.assert_close(x.grad[2], grad_out[2] * norm.weight.detach() * r)
+    # the whole function, parameters included, against finite differences (float64)
+    norm64 = MaskedGroupNorm(groups, channels).double()
+    with torch.no_grad():
+        norm64.weight.copy_(torch.randn(channels))
+    x64 = torch.randn(2, 7, channels, dtype=torch.float64, requires_grad=True)
+    m64 = torch.rand(2, 7) > 0.4
+    m64[:, 0] = True
+    assert torch.autograd.gradcheck(lambda t: norm64(t, m64), (x64,))
+    params = (norm64.weight, norm64.bias)
+    assert all(p.dtype == torch.float64 for p in params)
+    y64 = norm64(x64, m64)
+    gw, gb = torch.autograd.grad((y64 * y64.detach().sin()).sum(), params)
+    xhat = (y64.detach() - norm64.bias) / norm64.weight.detach()
+    torch.testing.assert_close(gw, (y64.detach().sin() * xhat).sum((0, 1)))
+    torch.testing.assert_close(gb, y64.detach().sin().sum((0, 1)))
 
 
 def test_build_from_config():

@@ -45,17 +45,17 @@ def pairwise_sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     ``[B, N, 3]``, from coordinate differences (exact: not the ``|a|² - 2ab + |b|²``
     matmul form, which loses precision far from the origin); float32 or wider.
 
-    On CUDA: three broadcast element-wise passes, one per coordinate — several times faster
-    there than ``torch.cdist``'s generic exact kernel, which took half of the point branch's
-    GPU time. Elsewhere: ``torch.cdist`` (exact mode), which is the faster of the two on
-    the CPU."""
+    Three broadcast passes, one per coordinate, over coordinates stored as rows
+    (``[B, 3, S]``, ``[B, 3, N]``): on CUDA several times faster than ``torch.cdist``'s
+    generic exact kernel (which took half of the point branch's GPU time), and on the CPU
+    about 4x faster than ``torch.cdist`` followed by squaring (which also rounds through the
+    square root). Differentiable."""
     dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
-    a, b = a.to(dtype), b.to(dtype)
-    if not a.is_cuda:
-        return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist").square()
-    d = (a[:, :, None, 0] - b[:, None, :, 0]).square()
-    d += (a[:, :, None, 1] - b[:, None, :, 1]).square()
-    d += (a[:, :, None, 2] - b[:, None, :, 2]).square()
+    at = a.to(dtype).transpose(1, 2).contiguous()  # [B, 3, S]
+    bt = b.to(dtype).transpose(1, 2).contiguous()  # [B, 3, N]
+    d = (at[:, 0, :, None] - bt[:, 0, None, :]).square_()
+    d += (at[:, 1, :, None] - bt[:, 1, None, :]).square_()
+    d += (at[:, 2, :, None] - bt[:, 2, None, :]).square_()
     return d
 
 
@@ -157,8 +157,8 @@ def ball_query(
     This is a kNN search (exact squared Euclidean distances, :func:`pairwise_sq_dist`, +
     ``topk``; invalid points at +inf distance) in which every neighbour farther than
     ``radius`` (or invalid, when fewer than ``k`` points are valid) is replaced by the
-    nearest neighbour, the way PointNet++ pads its ball query. A centroid taken from the cloud is its own nearest
-    neighbour, so a group always contains at least that point.
+    nearest neighbour, the way PointNet++ pads its ball query. A centroid taken from the
+    cloud is its own nearest neighbour, so a group always contains at least that point.
 
     Args:
         xyz: ``[B, N, 3]`` points (metres).
