@@ -378,6 +378,26 @@ def test_masked_group_norm_matches_group_norm_on_the_valid_entries(groups, chann
     torch.testing.assert_close(gb, y64.detach().sin().sum((0, 1)))
 
 
+@pytest.mark.parametrize("norm", ["BN", "GN"])
+def test_head_under_bf16_autocast(norm):
+    """Under autocast (bf16 matrix products, as on a GPU) the masked norms keep float32
+    statistics: the head runs forward and backward, and stays near its float32 output."""
+    torch.manual_seed(0)
+    head = PointNet2SegHead(in_channels=4, norm=norm, **TINY)
+    xyz, valid = _cloud(seed=9)
+    feats = torch.randn(2, 256, 4, requires_grad=True)
+    ref = head(xyz, valid, feats).detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(xyz, valid, feats)
+    assert torch.isfinite(out).all()
+    out.float().square().mean().backward()
+    assert torch.isfinite(feats.grad).all() and feats.grad.abs().sum() > 0
+    for name, p in head.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    err = (out.float() - ref)[valid].abs().max() / ref[valid].abs().max()
+    assert err < 0.1, err
+
+
 def test_build_from_config():
     from detectron2.config import get_cfg
 

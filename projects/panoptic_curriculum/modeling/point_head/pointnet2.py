@@ -92,6 +92,13 @@ def build_point_head(cfg: CN, in_channels: int = 0) -> nn.Module:
 # ------------------------------------------------------------------------- masked norms
 # Norms and MLPs work on channels-last tensors ``[B, *spatial, C]`` with a bool mask
 # broadcastable to ``[B, *spatial]`` that selects the entries feeding the statistics.
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, or float64 if it is: the masked norms compute their statistics and
+    output in at least float32, also on bf16 / fp16 inputs under autocast (with autocast
+    off inside them)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def _flat_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``mask`` broadcast to ``x.shape[:-1]`` and flattened to ``[B, P]`` in ``x``'s dtype."""
     return mask.to(x.dtype).expand(x.shape[:-1]).reshape(x.shape[0], -1)
@@ -146,7 +153,8 @@ class MaskedBatchNorm(nn.Module):
     valid); in eval mode the running statistics are used. Parameter and buffer names match
     ``nn.BatchNorm2d``; it is deliberately not a subclass, so that detectron2's
     ``FrozenBatchNorm2d.convert_frozen_batchnorm`` (whose modules take no mask) leaves it
-    alone: freeze it with ``.eval()`` and ``requires_grad_(False)``.
+    alone: freeze it with ``.eval()`` and ``requires_grad_(False)``. Computed in float32
+    at least, also under autocast.
     """
 
     def __init__(self, num_channels: int, eps: float = 1e-5, momentum: float = 0.1):
@@ -161,12 +169,16 @@ class MaskedBatchNorm(nn.Module):
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = _at_least_float32(x)
         if not self.training:
             scale = self.weight * torch.rsqrt(self.running_var + self.eps)
             return torch.addcmul(self.bias - self.running_mean * scale, x, scale)
         m = _flat_mask(x, mask)
         x3 = x.reshape(x.shape[0], -1, self.num_channels)
-        y, mean, var = _MaskedBatchNormFn.apply(x3, m, self.weight, self.bias, self.eps)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            y, mean, var = _MaskedBatchNormFn.apply(
+                x3, m, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps
+            )
         with torch.no_grad():
             count = m.sum()
             seen = count > 0
@@ -233,8 +245,7 @@ class MaskedGroupNorm(nn.Module):
 
     ``forward(x [B, *spatial, C], mask)`` with ``mask`` bool, broadcastable to
     ``[B, *spatial]``. A sample without valid entries is normalised with mean 0 and
-    variance 0 (finite output). Computed in float32 (float64 inputs in float64), also
-    under autocast.
+    variance 0 (finite output). Computed in float32 at least, also under autocast.
     """
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5):
@@ -249,8 +260,7 @@ class MaskedGroupNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        if x.dtype != torch.float64:
-            x = x.float()  # statistics in float32 at least (bf16 / fp16 under autocast)
+        x = _at_least_float32(x)
         m = _flat_mask(x, mask)  # [B, P]
         x3 = x.reshape(shape[0], m.shape[1], self.num_channels)
         w, b = self.weight.to(x.dtype), self.bias.to(x.dtype)
