@@ -229,7 +229,7 @@ class _MaskedGroupNormFn(torch.autograd.Function):
         B, P, C = xhat.shape
         G = ctx.num_groups
         grad_bias = grad_y.sum((0, 1))
-        gy_xhat = torch.einsum("bpc,bpc->bc", grad_y, xhat)  # [B, C]
+        gy_xhat = (grad_y * xhat).sum(1)  # [B, C] (an einsum was 10-30x slower on the CPU)
         grad_weight = gy_xhat.sum(0)
         g = grad_y * weight  # dL/dxhat
         s1 = g.sum(1).view(B, 1, G, -1).sum(-1, keepdim=True)  # [B, 1, G, 1]
@@ -315,7 +315,7 @@ class SharedMLP(nn.Module):
                 x = F.linear(x, conv.weight.flatten(1), conv.bias)
             if self.has_norm:
                 x = norm(x, mask)
-            x = F.relu(x)
+            x = F.relu_(x)  # in place: x is a fresh result no backward reads
         return x
 
 
