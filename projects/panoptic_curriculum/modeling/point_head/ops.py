@@ -111,19 +111,20 @@ def farthest_point_sample(
 
         if fps_kernel_applies(xyz):  # the same loop in one kernel launch
             return farthest_point_sample_triton(xyz, num, valid, cur)
-    picks = torch.empty(B, num, dtype=torch.long, device=xyz.device)
     # coordinates as rows, [B, 3, N]: the per-step sum runs over 3 contiguous rows of N values
     # instead of N groups of 3 (2.3x faster on the CPU at N = 2048, the same picks)
     pts = xyz.transpose(1, 2).contiguous()
-    rows = torch.arange(B, device=xyz.device)
-    # The one accepted Python loop: FPS is sequential, one iteration per centroid.
-    for i in range(num):
-        picks[:, i] = cur
-        centre = pts[rows, :, cur].unsqueeze(-1)  # [B, 3, 1]
-        d2 = (pts - centre).square_().sum(dim=1)  # [B, N]
-        torch.minimum(min_d2, d2, out=min_d2)  # invalid points stay at -1
+    diff = torch.empty_like(pts)  # reused by every step
+    picks = []
+    # The one accepted Python loop: FPS is sequential, one iteration per centroid. Each step
+    # is five small ops (gather, subtract, square, sum, minimum) and an argmax.
+    for _ in range(num):
+        picks.append(cur)
+        centre = pts.gather(2, cur.view(B, 1, 1).expand(B, 3, 1))  # [B, 3, 1]
+        torch.sub(pts, centre, out=diff)
+        torch.minimum(min_d2, diff.square_().sum(dim=1), out=min_d2)  # invalid stay at -1
         cur = min_d2.argmax(dim=1)
-    return picks
+    return torch.stack(picks, dim=1)
 
 
 @torch.no_grad()
