@@ -90,6 +90,33 @@ def test_consistency_direction_and_detached_depth_route_the_gradients():
     assert detached["gradients"]["loss_depth"]["depth head"] > 0
 
 
+def test_depth_gate_takes_consistency_only_where_the_depth_is_right():
+    """A gate no prediction can pass leaves L_consist at 0 with no gradient; a gate every
+    point passes gives the ungated loss; a tight gate keeps a logged share in between."""
+    ungated = _grads()
+    shut = _grads("MODEL.POINT_HEAD.CONSISTENCY_DEPTH_GATE", 1.0 + 1e-9)
+    assert shut["losses"]["loss_consistency"] == 0
+    assert shut["gradients"]["loss_consistency"]["point head"] == 0
+    assert shut["gradients"]["loss_consistency"]["2D head"] == 0
+    assert shut["gradients"]["loss_sem_seg_3d"]["point head"] > 0  # L_3D-seg is not gated
+    wide = _grads("MODEL.POINT_HEAD.CONSISTENCY_DEPTH_GATE", 1e9)
+    assert wide["losses"]["loss_consistency"] == pytest.approx(
+        ungated["losses"]["loss_consistency"], rel=1e-6
+    )
+
+
+def test_depth_gate_compares_the_predicted_with_the_true_depth():
+    from panoptic_curriculum.modeling.meta_arch import PanopticCurriculumModel
+
+    gate = PanopticCurriculumModel._depth_within_gate
+    holder = type("M", (), {"consistency_depth_gate": 1.25})()
+    depth = torch.tensor([[[1.0, 2.0, 3.0, 4.0, 5.0]]])
+    gt = torch.tensor([[[1.2, 1.5, 3.0, 0.0, 6.5]]])  # 0: invalid ground truth
+    idx = torch.tensor([[0, 1, 2, 3, 4]])
+    # ratios 1.2, 1.33, 1.0, invalid, 1.3
+    assert gate(holder, depth, gt, idx).tolist() == [[True, False, True, False, False]]
+
+
 def test_better_side_teaches_per_point():
     """Point 0: the 3D side is right, the 2D side wrong -> only the 2D logits get L_consist's
     gradient there. Point 1: the 2D side is right -> only the 3D logits. Point 2 is ignored
@@ -131,6 +158,7 @@ def test_class_balanced_sampling_puts_points_on_small_objects():
         ("MODEL.POINT_HEAD.SAMPLING", "random"),
         ("MODEL.POINT_HEAD.DETACH_DEPTH", "yes"),
         ("MODEL.POINT_HEAD.LIFT", "sphere"),
+        ("MODEL.POINT_HEAD.CONSISTENCY_DEPTH_GATE", 0.5),
         ("MODEL.POINT_HEAD.COMPILE_BACKEND", "no_such_backend"),
     ],
 )

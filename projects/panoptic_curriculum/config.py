@@ -201,6 +201,10 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     # Lift a detached copy of the predicted depth: L_3D-seg and L_consist then do not train
     # the depth head (only L_depth does).
     cfg.MODEL.POINT_HEAD.DETACH_DEPTH = False
+    # Depth-confidence gate of L_consist: 0 (off) or a factor g > 1; L_consist is then taken
+    # only at points whose predicted depth is within a factor g of the ground truth (the
+    # δ<g criterion), so that points lifted to the wrong place neither teach nor are taught.
+    cfg.MODEL.POINT_HEAD.CONSISTENCY_DEPTH_GATE = 0.0
     # "" or a torch.compile backend ("inductor") for the point network's forward: on CUDA its
     # many small kernels are launch-bound (training step +51 % with the branch, +26 % compiled,
     # H200, README "Benchmark"); weights and checkpoints are the same either way.

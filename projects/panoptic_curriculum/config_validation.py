@@ -233,6 +233,12 @@ def _check_point_head(c: _Checker) -> None:
     c.one_of(ph + "SAMPLING", POINT_SAMPLING, "pixels the point branch samples in training")
     c.one_of(ph + "LIFT", POINT_LIFT, "what the point branch lifts")
     c.boolean(ph + "DETACH_DEPTH")
+    c.check(
+        ph + "CONSISTENCY_DEPTH_GATE",
+        lambda v: _is_number(v) and math.isfinite(v) and (v == 0 or v > 1),
+        "0 (off) or a finite factor > 1 (L_consist only where the predicted depth is within "
+        "that factor of the ground truth)",
+    )
     import torch._dynamo
 
     backends = [""] + sorted(torch._dynamo.list_backends(exclude_tags=()))

@@ -160,6 +160,7 @@ class PanopticCurriculumModel(nn.Module):
         point_sampling: str = "uniform",
         point_lift: str = "depth",
         detach_depth: bool = False,
+        consistency_depth_gate: float = 0.0,
         num_points: int = 4096,
         use_image_features: bool = False,
         image_feature_name: Optional[str] = None,
@@ -193,6 +194,11 @@ class PanopticCurriculumModel(nn.Module):
                 "to_2d" (3D logits detached) or "better_teaches" (per point, the side that
                 gives the label the higher probability is detached and teaches the other;
                 :func:`point_head.route_to_better_teacher`).
+            consistency_depth_gate: 0 (off) or a factor ``g > 1``: L_consist is taken only
+                at points whose predicted depth is within a factor ``g`` of the ground truth
+                (``max(d / d*, d* / d) < g``, the δ<g criterion), so that a point lifted to
+                the wrong place neither teaches nor is taught; the share kept is logged as
+                ``point_branch/consistency_kept_fraction``. Training only (it needs d*).
             point_sampling: training-time pixel sampling, "uniform" or "class_balanced"
                 (:func:`point_head.class_balanced_weights`).
             point_lift: "depth" (the predicted depth is lifted with K) or "plane" (every
@@ -264,6 +270,12 @@ class PanopticCurriculumModel(nn.Module):
         self.point_sampling = point_sampling
         self.point_lift = point_lift
         self.detach_depth = detach_depth
+        if consistency_depth_gate != 0 and not consistency_depth_gate > 1:
+            raise ValueError(
+                "MODEL.POINT_HEAD.CONSISTENCY_DEPTH_GATE must be 0 (off) or a factor > 1, got "
+                f"{consistency_depth_gate!r}"
+            )
+        self.consistency_depth_gate = float(consistency_depth_gate)
         self.num_points = num_points
         self.use_image_features = use_image_features
         self.image_feature_name = image_feature_name
@@ -352,6 +364,7 @@ class PanopticCurriculumModel(nn.Module):
             "point_sampling": cfg.MODEL.POINT_HEAD.SAMPLING,
             "point_lift": cfg.MODEL.POINT_HEAD.LIFT,
             "detach_depth": cfg.MODEL.POINT_HEAD.DETACH_DEPTH,
+            "consistency_depth_gate": cfg.MODEL.POINT_HEAD.CONSISTENCY_DEPTH_GATE,
             "num_points": cfg.MODEL.POINT_HEAD.NUM_POINTS,
             "use_image_features": use_img,
             "image_feature_name": feat_name,
@@ -428,6 +441,16 @@ class PanopticCurriculumModel(nn.Module):
         if self.point_lift == "plane":
             return torch.full_like(depth, PLANE_DEPTH_M)
         return depth
+
+    def _depth_within_gate(self, depth, gt_depth, pixel_idx) -> torch.Tensor:
+        """``[B, N]`` bool: at the points' pixels ``pixel_idx`` ([B, N] flat), is the predicted
+        ``depth`` ([B, H, W] metres) within a factor ``consistency_depth_gate`` of the ground
+        truth ``gt_depth`` ([B, H, W], 0 = invalid)? Invalid ground truth gives False."""
+        d = torch.gather(depth.detach().flatten(1), 1, pixel_idx)
+        d_gt = torch.gather(gt_depth.flatten(1), 1, pixel_idx)
+        ok = (d > 0) & (d_gt > 0)
+        ratio = torch.maximum(d / d_gt.clamp(min=1e-6), d_gt / d.clamp(min=1e-6))
+        return ok & (ratio < self.consistency_depth_gate)
 
     def _point_branch(self, features, sem_logits, depth, K, valid, weights=None):
         """Sample pixels where ``valid`` ([B,H,W]; with ``weights`` [B,H,W], weighted
@@ -623,8 +646,18 @@ class PanopticCurriculumModel(nn.Module):
                 get_event_storage().put_scalar(
                     "point_branch/3d_teaches_2d_fraction", share, smoothing_hint=True
                 )
+            consist_valid = out["point_valid"]
+            if self.consistency_depth_gate > 0:
+                consist_valid = consist_valid & self._depth_within_gate(
+                    depth, gt_depth, out["pixel_idx"]
+                )
+                get_event_storage().put_scalar(
+                    "point_branch/consistency_kept_fraction",
+                    consist_valid.sum() / out["point_valid"].sum().clamp(min=1),
+                    smoothing_hint=True,
+                )
             losses["loss_consistency"] = self.consistency_weight * consistency_loss(
-                logits_2d, logits_3d, out["point_valid"], self.consistency_kind
+                logits_2d, logits_3d, consist_valid, self.consistency_kind
             )
             if self.point_branch_record is not None:
                 self.point_branch_record.append(
