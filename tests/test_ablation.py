@@ -132,14 +132,23 @@ def test_point_training_variants_mean_the_same_whatever_the_config_sets():
     """The point-branch variants set sampling, depth detaching and L_consist's direction
     explicitly, so that changing a config's defaults does not change what a variant is."""
     cfg = load_config(MAIN_CONFIG)
-    keys = ("SAMPLING", "DETACH_DEPTH", "CONSISTENCY_DIRECTION")
+    keys = ("SAMPLING", "DETACH_DEPTH", "CONSISTENCY_DIRECTION", "CONSISTENCY_DEPTH_GATE")
     expected = {
-        "curriculum_point_uniform": ("uniform", False, "both"),
-        "curriculum_point_balanced": ("class_balanced", True, "both"),
-        "curriculum_point_balanced_to_3d": ("class_balanced", True, "to_3d"),
-        "curriculum_better_teaches": ("class_balanced", True, "better_teaches"),
-        "curriculum_image_features": ("class_balanced", True, "to_3d"),
-        "curriculum_image_features_plane": ("class_balanced", True, "to_3d"),
+        "curriculum_point_uniform": ("uniform", False, "both", 0.0),
+        "curriculum_point_balanced": ("class_balanced", True, "both", 0.0),
+        "curriculum_point_balanced_to_3d": ("class_balanced", True, "to_3d", 0.0),
+        "curriculum_better_teaches": ("class_balanced", True, "better_teaches", 0.0),
+        "curriculum_image_features": ("class_balanced", True, "to_3d", 0.0),
+        "curriculum_image_features_plane": ("class_balanced", True, "to_3d", 0.0),
+        "curriculum_image_features_to_2d": ("class_balanced", True, "to_2d", 0.0),
+        "curriculum_image_features_both": ("class_balanced", True, "both", 0.0),
+        "curriculum_image_features_better_teaches": (
+            "class_balanced",
+            True,
+            "better_teaches",
+            0.0,
+        ),
+        "curriculum_image_features_depth_gate": ("class_balanced", True, "to_3d", 1.25),
     }
     for name, values in expected.items():
         c = variant_config(cfg, name, 0, "out", {"semantic": 1})

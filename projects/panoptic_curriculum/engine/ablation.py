@@ -44,6 +44,13 @@ Variants (``VARIANTS``):
 * ``curriculum_image_features_plane``: the same, every pixel lifted to a plane at 10 m
   (``LIFT plane``): the points keep their image layout, not the scene's 3D shape, so the
   difference to ``curriculum_image_features`` is what the geometry adds;
+* ``curriculum_image_features_to_2d``, ``_both``, ``_better_teaches``: image features, with
+  L_consist teaching the 2D head (the point network's logits detached), both sides, or per
+  point the side that is right (``CONSISTENCY_DIRECTION``): with image features the point
+  network is the more accurate side on every thing class, so it may now teach;
+* ``curriculum_image_features_depth_gate``: image features, ``to_3d``, L_consist only at
+  points whose predicted depth is within 25 % of the truth
+  (``CONSISTENCY_DEPTH_GATE 1.25``);
 * ``joint_scratch``: the whole multi-task model trained jointly from random initialisation;
 * ``semantic_only``, ``instance_only``, ``depth_only``: one task, one model.
 
@@ -133,6 +140,7 @@ def _point_training(
     direction: str,
     image_features: bool = False,
     lift: str = "depth",
+    depth_gate: float = 0.0,
 ) -> List:
     """How the point branch trains, every key set (a variant means the same whatever the
     config sets)."""
@@ -147,6 +155,8 @@ def _point_training(
         image_features,
         "MODEL.POINT_HEAD.LIFT",
         lift,
+        "MODEL.POINT_HEAD.CONSISTENCY_DEPTH_GATE",
+        depth_gate,
     ]
 
 
@@ -171,6 +181,19 @@ VARIANTS: Dict[str, Variant] = {
     "curriculum_image_features_plane": Variant(
         True,
         _point_training("class_balanced", True, "to_3d", image_features=True, lift="plane"),
+    ),
+    "curriculum_image_features_to_2d": Variant(
+        True, _point_training("class_balanced", True, "to_2d", image_features=True)
+    ),
+    "curriculum_image_features_both": Variant(
+        True, _point_training("class_balanced", True, "both", image_features=True)
+    ),
+    "curriculum_image_features_better_teaches": Variant(
+        True, _point_training("class_balanced", True, "better_teaches", image_features=True)
+    ),
+    "curriculum_image_features_depth_gate": Variant(
+        True,
+        _point_training("class_balanced", True, "to_3d", image_features=True, depth_gate=1.25),
     ),
     "joint_scratch": Variant(False),
     "semantic_only": Variant(False, _only(True, False, False), ("sem_seg",)),
