@@ -496,7 +496,6 @@ def robustness_markdown(
     return "\n".join(lines) + "\n"
 
 
-
 def write_report(
     runs: Mapping[str, Sequence[Dict]], output_dir: str, paired_against: Optional[str] = None
 ) -> Dict[str, str]:
