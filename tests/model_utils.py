@@ -56,7 +56,7 @@ TINY_OVERRIDES = TINY_OPTS
 
 #: the plugin's defaults for how the point branch trains, as the ablation's variant sets them
 #: (the main job's config sets class-balanced sampling, a detached depth and L_consist to
-#: the 3D side only)
+#: the 2D side only)
 POINT_TRAINING_DEFAULTS = tuple(VARIANTS["curriculum_point_uniform"].opts)
 
 

@@ -160,9 +160,10 @@ def test_point_training_variants_mean_the_same_whatever_the_config_sets():
     add_panoptic_curriculum_config(plugin)
     plugin_defaults = tuple(getattr(plugin.MODEL.POINT_HEAD, k) for k in keys)
     assert plugin_defaults == expected["curriculum_point_uniform"]
-    # the main job's config is the measured best: balanced, detached, to_3d, image features
+    # the main job's config is the measured best: balanced, detached, image features, the
+    # point network teaching the 2D head
     main = tuple(getattr(cfg.MODEL.POINT_HEAD, k) for k in keys)
-    assert main == expected["curriculum_image_features"]
+    assert main == expected["curriculum_image_features_to_2d"]
     assert cfg.MODEL.POINT_HEAD.USE_IMAGE_FEATURES and cfg.MODEL.POINT_HEAD.LIFT == "depth"
 
 

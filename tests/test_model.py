@@ -234,13 +234,13 @@ def test_consistency_gradient_reaches_every_part():
     assert norms["roi_heads"] == 0  # not part of L_consist
 
 
-def test_main_config_consistency_teaches_the_point_network_only(model):
-    """The main job's config: the 2D head teaches the point network; neither the 2D head nor
-    the depth head (detached depth) gets L_consist's gradient; the encoder does, through the
-    image features the point network samples (USE_IMAGE_FEATURES)."""
+def test_main_config_consistency_teaches_the_2d_head_only(model):
+    """The main job's config (CONSISTENCY_DIRECTION to_2d): the point network teaches the 2D
+    head, and through it the encoder; the point network (its logits detached), the depth head
+    (detached depth) and the instance heads get no gradient from L_consist."""
     norms = _consistency_grad_norms(model)
-    assert norms["point_head"] > 0 and norms["backbone"] > 0
-    for part in ("sem_seg_head", "depth_head", "roi_heads"):
+    assert norms["sem_seg_head"] > 0 and norms["backbone"] > 0
+    for part in ("point_head", "depth_head", "roi_heads"):
         assert norms[part] == 0, part
 
 

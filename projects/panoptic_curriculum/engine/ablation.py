@@ -40,14 +40,16 @@ Variants (``VARIANTS``):
   where it is the more correct of the two;
 * ``curriculum_image_features``: the same, the point network also fed the encoder's
   features at its points (``USE_IMAGE_FEATURES``; not detached, so L_3D-seg and L_consist
-  also train the shared encoder): the synthetic main job's config;
+  also train the shared encoder), L_consist teaching the point network (the synthetic main
+  job's config until the next variant was measured against it);
 * ``curriculum_image_features_plane``: the same, every pixel lifted to a plane at 10 m
   (``LIFT plane``): the points keep their image layout, not the scene's 3D shape, so the
   difference to ``curriculum_image_features`` is what the geometry adds;
 * ``curriculum_image_features_to_2d``, ``_both``, ``_better_teaches``: image features, with
   L_consist teaching the 2D head (the point network's logits detached), both sides, or per
   point the side that is right (``CONSISTENCY_DIRECTION``): with image features the point
-  network is the more accurate side on every thing class, so it may now teach;
+  network is the more accurate side on every thing class, so it may now teach
+  (``_to_2d`` is the synthetic main job's config);
 * ``curriculum_image_features_depth_gate``: image features, ``to_3d``, L_consist only at
   points whose predicted depth is within 25 % of the truth
   (``CONSISTENCY_DEPTH_GATE 1.25``);
