@@ -25,6 +25,7 @@ from panoptic_curriculum.modeling.point_head import (
     sample_pixels,
     three_nn_interpolate,
 )
+from panoptic_curriculum.modeling.point_head import ops as point_ops
 
 TINY = dict(
     num_classes=3,
@@ -84,6 +85,50 @@ def test_fps_pads_with_repeated_valid_and_handles_empty():
     first = first_occurrence(idx, 50)
     assert first[0].sum() == 5 and first[0, :5].all()  # each valid point first, then repeats
     assert (idx[1] == 0).all()  # no valid point: index 0, never out of range
+
+
+def _fps_inputs(xyz, valid, generator=None):
+    """The start and the distance state farthest_point_sample hands its loops."""
+    B, N, _ = xyz.shape
+    min_d2 = torch.where(valid, torch.full((B, N), math.inf, dtype=xyz.dtype), -1.0)
+    if generator is None:
+        score = valid.to(xyz.dtype)
+    else:
+        score = torch.where(valid, torch.rand(B, N, generator=generator) + 1.0, 0.0)
+    return min_d2.to(xyz.dtype), score.argmax(1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fps_numpy_loop_picks_what_the_torch_loop_picks(dtype):
+    """The CPU path (NumPy calls) and the torch loop (every other device) agree pick for
+    pick: random clouds, invalid points, fewer valid points than picks, a cloud with none,
+    duplicated points (distance ties), far from the origin, a random start."""
+    g = torch.Generator().manual_seed(0)
+    cases = [(4, 1024, 256, 0.1), (2, 300, 40, 0.3), (1, 37, 50, 0.3), (3, 128, 16, 0.0)]
+    cases += [(2, 64, 8, 0.0), (2, 200, 64, 0.5)]
+    for B, N, S, drop in cases:
+        xyz = (torch.rand(B, N, 3, generator=g) * 10.0).to(dtype)
+        valid = torch.rand(B, N, generator=g) >= drop
+        if B == 3:
+            valid[1] = False
+        if N == 64:
+            xyz[:, 32:] = xyz[:, :32]  # ties
+        if N == 200:
+            xyz = xyz + 1000.0  # far from the origin: rounding matters
+        for gen_seed in (None, 5):
+            gen = None if gen_seed is None else torch.Generator().manual_seed(gen_seed)
+            d_t, start = _fps_inputs(xyz, valid, gen)
+            d_n = d_t.clone()
+            ref = point_ops._fps_loop_torch(xyz, S, d_t, start.clone())
+            got = point_ops._fps_loop_numpy(xyz, S, d_n, start.clone())
+            assert got.dtype == torch.long and torch.equal(got, ref), (B, N, S, gen_seed)
+            assert torch.equal(d_n, d_t)  # the same distances, bit for bit
+    # the public function takes the NumPy path on the CPU and returns the same
+    xyz, valid = _cloud(B=2, N=256)
+    d_t, start = _fps_inputs(xyz, valid)
+    assert torch.equal(
+        farthest_point_sample(xyz, 32, valid), point_ops._fps_loop_torch(xyz, 32, d_t, start)
+    )
 
 
 def test_ball_query_radius_fallback_and_validity():
