@@ -219,7 +219,12 @@ def test_point_branch_leaves_the_rest_of_the_run_as_without_it():
     global random stream, the same 2D losses and the same weights outside the branch, bit for
     bit, after building the model and two training steps; and its own draws are a function
     of the seed."""
-    xyz_only = ("MODEL.POINT_HEAD.USE_IMAGE_FEATURES", False)  # image features reach the encoder
+    xyz_only = (
+        "MODEL.POINT_HEAD.USE_IMAGE_FEATURES",
+        False,  # image features reach the encoder
+        "MODEL.POINT_HEAD.CONSISTENCY_DIRECTION",
+        "to_3d",  # to_2d (the main config's) trains the 2D head
+    )
     on, losses_on, rng_on = _train_step(*xyz_only)
     off, losses_off, rng_off = _train_step(*xyz_only, "MODEL.POINT_HEAD.ENABLED", False)
     assert on.point_head is not None and off.point_head is None
