@@ -33,7 +33,7 @@ def test_configs_exist():
         "nyud/curriculum_R50_FPN.yaml",
         "synthetic/curriculum_R18_FPN_disjoint_labels.yaml",
         "synthetic/curriculum_R18_FPN_no_point.yaml",
-        "synthetic/curriculum_R18_FPN_photometric.yaml",
+        "synthetic/curriculum_R18_FPN_no_photometric.yaml",
         "synthetic/joint_R18_FPN.yaml",
     } <= names
 
