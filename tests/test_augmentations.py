@@ -158,6 +158,7 @@ def test_config_switches():
     kinds = [type(a) for a in build_rgbd_augmentation(base, True)]
     assert RandomPhotometric not in kinds and RandomZoom not in kinds
     base.INPUT.PHOTOMETRIC.ENABLED = base.INPUT.CAMERA_AUG.ENABLED = True
+    base.INPUT.PHOTOMETRIC.PROB = 1.0  # the main config's 0.5 wraps it in RandomApply
     augs = build_rgbd_augmentation(base, True)
     assert [type(a) for a in augs[-2:]] == [RandomZoom, RandomPhotometric]
     assert all(type(a) not in (RandomZoom, RandomPhotometric) for a in
