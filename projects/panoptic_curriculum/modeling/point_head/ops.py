@@ -114,7 +114,11 @@ def farthest_point_sample(
 
         if fps_kernel_applies(xyz):  # the same loop in one kernel launch
             return farthest_point_sample_triton(xyz, num, valid, cur)
-    if xyz.device.type == "cpu" and xyz.dtype in (torch.float32, torch.float64):
+    if (
+        xyz.device.type == "cpu"
+        and xyz.dtype in (torch.float32, torch.float64)
+        and not torch.jit.is_tracing()  # a trace records torch ops, not NumPy calls
+    ):
         return _fps_loop_numpy(xyz, num, min_d2, cur)
     return _fps_loop_torch(xyz, num, min_d2, cur)
 
@@ -149,8 +153,8 @@ def _fps_loop_numpy(
     the same arithmetic in the same order (per step: subtract the centre, square, add the
     x, y and z rows in that order, minimum, first maximum), so the same picks; each NumPy
     call on these small arrays costs a few microseconds against torch's ~10."""
-    B, N, _ = xyz.shape
     pts = xyz.transpose(1, 2).contiguous().numpy()  # [B, 3, N]
+    B, _, N = pts.shape
     d2 = min_d2.numpy()  # shares memory with min_d2
     c = cur.numpy().copy()
     rows = np.arange(B)
