@@ -87,17 +87,6 @@ def test_fps_pads_with_repeated_valid_and_handles_empty():
     assert (idx[1] == 0).all()  # no valid point: index 0, never out of range
 
 
-def _fps_inputs(xyz, valid, generator=None):
-    """The start and the distance state farthest_point_sample hands its loops."""
-    B, N, _ = xyz.shape
-    min_d2 = torch.where(valid, torch.full((B, N), math.inf, dtype=xyz.dtype), -1.0)
-    if generator is None:
-        score = valid.to(xyz.dtype)
-    else:
-        score = torch.where(valid, torch.rand(B, N, generator=generator) + 1.0, 0.0)
-    return min_d2.to(xyz.dtype), score.argmax(1)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fps_numpy_loop_picks_what_the_torch_loop_picks(dtype):
     """The CPU path (NumPy calls) and the torch loop (every other device) agree pick for
@@ -117,7 +106,7 @@ def test_fps_numpy_loop_picks_what_the_torch_loop_picks(dtype):
             xyz = xyz + 1000.0  # far from the origin: rounding matters
         for gen_seed in (None, 5):
             gen = None if gen_seed is None else torch.Generator().manual_seed(gen_seed)
-            d_t, start = _fps_inputs(xyz, valid, gen)
+            d_t, start = point_ops._fps_start(xyz, valid, gen)
             d_n = d_t.clone()
             ref = point_ops._fps_loop_torch(xyz, S, d_t, start.clone())
             got = point_ops._fps_loop_numpy(xyz, S, d_n, start.clone())
@@ -125,7 +114,7 @@ def test_fps_numpy_loop_picks_what_the_torch_loop_picks(dtype):
             assert torch.equal(d_n, d_t)  # the same distances, bit for bit
     # the public function takes the NumPy path on the CPU and returns the same
     xyz, valid = _cloud(B=2, N=256)
-    d_t, start = _fps_inputs(xyz, valid)
+    d_t, start = point_ops._fps_start(xyz, valid, None)
     assert torch.equal(
         farthest_point_sample(xyz, 32, valid), point_ops._fps_loop_torch(xyz, 32, d_t, start)
     )

@@ -88,27 +88,13 @@ def farthest_point_sample(
         slots repeat an already picked valid index (use :func:`first_occurrence` to tell
         the repeats). A cloud with no valid point gets index 0 everywhere.
     """
-    B, N, _ = xyz.shape
+    B = xyz.shape[0]
     if valid is None:
         valid = _all_valid(xyz)
     if num == 0:
         return torch.zeros(B, 0, dtype=torch.long, device=xyz.device)
     xyz = xyz.detach()
-    # Squared distance to the chosen set: +inf for valid points not reached yet, -1 for
-    # invalid points so that a valid point (distance >= 0) always wins the argmax.
-    # Once every valid point is chosen, all of them sit at 0 and argmax returns the first
-    # one: this is the padding by repetition.
-    min_d2 = torch.where(
-        valid,
-        torch.full((B, N), float("inf"), device=xyz.device, dtype=xyz.dtype),
-        torch.full((B, N), -1.0, device=xyz.device, dtype=xyz.dtype),
-    )
-    if generator is None:
-        score = valid.to(xyz.dtype)  # argmax returns the first maximum: first valid point
-    else:
-        score = torch.rand(B, N, generator=generator, device=xyz.device, dtype=xyz.dtype)
-        score = torch.where(valid, score + 1.0, score.new_zeros(()))
-    cur = score.argmax(dim=1)  # [B]
+    min_d2, cur = _fps_start(xyz, valid, generator)
     if xyz.is_cuda:
         from .fps_triton import farthest_point_sample_triton, fps_kernel_applies
 
@@ -121,6 +107,28 @@ def farthest_point_sample(
     ):
         return _fps_loop_numpy(xyz, num, min_d2, cur)
     return _fps_loop_torch(xyz, num, min_d2, cur)
+
+
+def _fps_start(
+    xyz: torch.Tensor, valid: torch.Tensor, generator: Optional[torch.Generator]
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """What every FPS loop starts from: the squared distance to the chosen set ``[B, N]``
+    (+inf for valid points not reached yet, -1 for invalid points so that a valid point,
+    at distance >= 0, always wins the argmax; once every valid point is chosen all of them
+    sit at 0 and argmax returns the first one: the padding by repetition) and the first
+    pick ``[B]`` (the first valid point, or a random valid one drawn with ``generator``)."""
+    B, N, _ = xyz.shape
+    min_d2 = torch.where(
+        valid,
+        torch.full((B, N), float("inf"), device=xyz.device, dtype=xyz.dtype),
+        torch.full((B, N), -1.0, device=xyz.device, dtype=xyz.dtype),
+    )
+    if generator is None:
+        score = valid.to(xyz.dtype)  # argmax returns the first maximum: first valid point
+    else:
+        score = torch.rand(B, N, generator=generator, device=xyz.device, dtype=xyz.dtype)
+        score = torch.where(valid, score + 1.0, score.new_zeros(()))
+    return min_d2, score.argmax(dim=1)
 
 
 def _fps_loop_torch(
@@ -156,7 +164,7 @@ def _fps_loop_numpy(
     pts = xyz.transpose(1, 2).contiguous().numpy()  # [B, 3, N]
     B, _, N = pts.shape
     d2 = min_d2.numpy()  # shares memory with min_d2
-    c = cur.numpy().copy()
+    c = cur.numpy()  # rebound, never written to
     rows = np.arange(B)
     diff = np.empty_like(pts)
     step = np.empty((B, N), dtype=pts.dtype)
