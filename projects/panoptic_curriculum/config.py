@@ -240,6 +240,10 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     # Base learning rate of the joint fine-tuning stage (after merge), as a factor of
     # SOLVER.BASE_LR; joint training without a merge stage uses SOLVER.BASE_LR.
     cfg.CURRICULUM.JOINT_LR_FACTOR = 0.1
+    # The joint fine-tuning stage's learning rate for the instance decoder (proposal
+    # generator, RoI heads, instance adapter) as a multiple of that stage's rate for the rest
+    # of the merged model (1: one rate for all; appended to SOLVER.LR_MULTIPLIERS).
+    cfg.CURRICULUM.JOINT_INSTANCE_LR_MULTIPLIER = 1.0
     # Stages evaluated on DATASETS.TEST when they finish (a subset of STAGES; the others
     # train without an evaluation and have no row in summary.txt). The merged model
     # reproduces the semantic and instance stages' outputs exactly, so ["merge", "joint"]
@@ -251,6 +255,9 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     # instead, so run_curriculum rejects any other value than 0 here; set it only to train
     # PanopticCurriculumTrainer directly, outside the curriculum.
     cfg.SOLVER.MAX_ITER = 0
+    # [module_prefix, multiplier] pairs: the parameters of that submodule of the model train at
+    # multiplier x their learning rate (engine/optimizer.py); e.g. [["backbone", 0.1]].
+    cfg.SOLVER.LR_MULTIPLIERS = []
 
 
 def load_config(config_file: str, opts=(), freeze: bool = True) -> CN:

@@ -15,11 +15,11 @@ depend on the switches.
 
 import math
 import numbers
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from detectron2.config import CfgNode
 
-__all__ = ["validate_config"]
+__all__ = ["validate_config", "parse_lr_multipliers"]
 
 #: DeepLab's semantic losses (detectron2.projects.deeplab)
 _SEM_SEG_LOSS_TYPES = ("cross_entropy", "hard_pixel_mining")
@@ -37,6 +37,38 @@ def _fmt(v) -> str:
     if isinstance(v, tuple):
         v = list(v)
     return repr(v)
+
+
+def parse_lr_multipliers(entries: Sequence) -> List[Tuple[str, float]]:
+    """``SOLVER.LR_MULTIPLIERS`` as ``[(prefix, multiplier), ...]``.
+
+    Raises:
+        ValueError: an entry that is not a ``[str, number > 0]`` pair, or a prefix given twice.
+    """
+    out: List[Tuple[str, float]] = []
+    for e in entries:
+        ok = (
+            isinstance(e, (list, tuple))
+            and len(e) == 2
+            and isinstance(e[0], str)
+            and e[0] != ""
+            and isinstance(e[1], (int, float))
+            and not isinstance(e[1], bool)
+            and float(e[1]) > 0
+            and float(e[1]) != float("inf")
+        )
+        if not ok:
+            raise ValueError(
+                f"SOLVER.LR_MULTIPLIERS entry {e!r}: allowed [module_prefix, multiplier] with a "
+                "non-empty module name and a finite multiplier > 0"
+            )
+        out.append((e[0], float(e[1])))
+    names = [p for p, _ in out]
+    dup = sorted({p for p in names if names.count(p) > 1})
+    if dup:
+        raise ValueError(f"SOLVER.LR_MULTIPLIERS names {dup} more than once")
+    return out
+
 
 
 class _Checker:
@@ -281,6 +313,12 @@ def _check_curriculum(c: _Checker) -> None:
         c.int_at_least("CURRICULUM." + key, 1, "solver iterations of the stage")
     c.number("CURRICULUM.INSTANCE_LR_FACTOR", 0.0, "factor of SOLVER.BASE_LR", strict=True)
     c.number("CURRICULUM.JOINT_LR_FACTOR", 0.0, "factor of SOLVER.BASE_LR", strict=True)
+    c.number(
+        "CURRICULUM.JOINT_INSTANCE_LR_MULTIPLIER",
+        0.0,
+        "x the joint stage's learning rate, for the instance decoder",
+        strict=True,
+    )
     c.int_at_least("CURRICULUM.POINT_CLOUD_DUMP_PERIOD", 0, "iterations; 0 never")
 
 
@@ -291,6 +329,14 @@ def _check_solver(c: _Checker, training: bool) -> None:
     c.int_at_least("SOLVER.WARMUP_ITERS", 0, "iterations")
     # the curriculum sets MAX_ITER per stage (0 for the merge stage, which does not train)
     c.int_at_least("SOLVER.MAX_ITER", 1 if training else 0, "solver iterations")
+    try:
+        parse_lr_multipliers(c.get("SOLVER.LR_MULTIPLIERS"))
+    except (TypeError, ValueError):
+        c.fail(
+            "SOLVER.LR_MULTIPLIERS",
+            "a list of distinct [module_prefix, multiplier] pairs, multiplier a finite "
+            "number > 0 (e.g. [['roi_heads', 5.0]])",
+        )
 
 
 def validate_config(cfg: CfgNode, source: Optional[str] = None, *, training: bool = False):

@@ -11,7 +11,8 @@ Stages (``CURRICULUM.STAGES``, in this order):
 * ``merge``: encoder, semantic decoder (+ depth, point heads) and instance decoder combined
   into one multi-task checkpoint, then evaluated.
 * ``joint`` (optional, claim 19): everything fine-tuned from the merged checkpoint, at
-  ``CURRICULUM.JOINT_LR_FACTOR`` times the learning rate. When ``CURRICULUM.STAGES`` has no
+  ``CURRICULUM.JOINT_LR_FACTOR`` times the learning rate (the instance decoder at
+  ``CURRICULUM.JOINT_INSTANCE_LR_MULTIPLIER`` times that). When ``CURRICULUM.STAGES`` has no
   ``merge`` stage (``["joint"]``), the joint stage is plain multi-task training of the whole
   model from ``MODEL.WEIGHTS`` (random initialisation when empty) at the full learning rate:
   the baseline the curriculum is measured against (``configs/synthetic/joint_R18_FPN.yaml``).
@@ -82,6 +83,43 @@ def _joint_fine_tunes_merge(cfg: CfgNode) -> bool:
     return "merge" in cfg.CURRICULUM.STAGES
 
 
+def _joint_lr_multipliers(cfg: CfgNode) -> List[List]:
+    """``SOLVER.LR_MULTIPLIERS`` of the joint fine-tuning stage: the config's own entries, with
+    the instance decoder's modules (and any entry inside them) at
+    ``CURRICULUM.JOINT_INSTANCE_LR_MULTIPLIER`` times their rate."""
+    m = float(cfg.CURRICULUM.JOINT_INSTANCE_LR_MULTIPLIER)
+    entries = [[p, float(v)] for p, v in cfg.SOLVER.LR_MULTIPLIERS]
+    if m == 1.0:
+        return entries
+    modules = ["proposal_generator", "roi_heads"]
+    if cfg.MODEL.INSTANCE_ADAPTER.NAME != "none":
+        modules.append("instance_adapter")
+
+    def inside(prefix: str) -> bool:
+        return any(prefix == n or prefix.startswith(n + ".") for n in modules)
+
+    out = [[p, v * m] if inside(p) else [p, v] for p, v in entries]
+    have = {p for p, _ in entries}
+    return out + [[n, m] for n in modules if n not in have]
+
+
+def _unbuilt_branches(c: CfgNode) -> set:
+    """Top-level modules of the multi-task model that the stage config ``c`` does not build."""
+    pc = c.MODEL.PANOPTIC_CURRICULUM
+    out = set()
+    if not pc.SEM_SEG_ON:
+        out.add("sem_seg_head")
+    if not pc.INSTANCE_ON:
+        out |= {"proposal_generator", "roi_heads", "instance_adapter"}
+    if c.MODEL.INSTANCE_ADAPTER.NAME == "none":
+        out.add("instance_adapter")
+    if not pc.DEPTH_ON:
+        out.add("depth_head")
+    if not c.MODEL.POINT_HEAD.ENABLED:
+        out.add("point_head")
+    return out
+
+
 def stage_config(cfg: CfgNode, stage: str, root: Optional[str] = None) -> CfgNode:
     """The config one stage trains / evaluates with, derived from the curriculum config."""
     if stage not in STAGES:
@@ -112,8 +150,16 @@ def stage_config(cfg: CfgNode, stage: str, root: Optional[str] = None) -> CfgNod
         if _joint_fine_tunes_merge(cfg):
             c.MODEL.WEIGHTS = _final_checkpoint(root, "merge")
             c.SOLVER.BASE_LR = cfg.SOLVER.BASE_LR * cfg.CURRICULUM.JOINT_LR_FACTOR
+            c.SOLVER.LR_MULTIPLIERS = _joint_lr_multipliers(cfg)
         # else: the whole model trained jointly from the config's MODEL.WEIGHTS, full LR
         c.SOLVER.MAX_ITER = cfg.CURRICULUM.JOINT_ITER
+    # SOLVER.LR_MULTIPLIERS entries for a branch this stage does not build are the other
+    # stages' (e.g. "depth_head" in the instance stage); a name no stage builds stays, and the
+    # optimizer rejects it
+    unbuilt = _unbuilt_branches(c)
+    c.SOLVER.LR_MULTIPLIERS = [
+        [p, v] for p, v in c.SOLVER.LR_MULTIPLIERS if p.split(".")[0] not in unbuilt
+    ]
     if c.SOLVER.MAX_ITER > 0:
         c.SOLVER.WARMUP_ITERS = min(c.SOLVER.WARMUP_ITERS, c.SOLVER.MAX_ITER // 4)
         c.SOLVER.CHECKPOINT_PERIOD = min(c.SOLVER.CHECKPOINT_PERIOD, c.SOLVER.MAX_ITER)

@@ -40,6 +40,7 @@ from .data import PositionalDataset, ResumableTrainingSampler, SeededMapper
 from .ddp import create_ddp_model
 from .freeze import freeze_modules
 from .hooks import RNGStateHook
+from .optimizer import build_optimizer
 from .pointcloud_hook import build_pointcloud_hook
 
 __all__ = ["PanopticCurriculumTrainer", "create_ddp_model"]
@@ -80,7 +81,8 @@ class PanopticCurriculumTrainer(DefaultTrainer):
     * ``MODEL.FREEZE.PREFIXES`` frozen after building the model;
     * evaluators chosen from the dataset's ``evaluator_type`` and the branches that are on,
       plus :class:`DepthEvaluator` for datasets with depth;
-    * poly / step LR schedules of detectron2's DeepLab project;
+    * detectron2's SGD with per-module learning-rate multipliers (``SOLVER.LR_MULTIPLIERS``)
+      and the poly / step LR schedules of detectron2's DeepLab project;
     * atomic checkpoints that also carry the RNG states.
     """
 
@@ -133,6 +135,11 @@ class PanopticCurriculumTrainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         return build_detection_test_loader(cfg, dataset_name, mapper=RGBDDatasetMapper(cfg, False))
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        # detectron2's SGD, with SOLVER.LR_MULTIPLIERS per module
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):

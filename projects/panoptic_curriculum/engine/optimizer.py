@@ -1,0 +1,84 @@
+"""detectron2's SGD optimizer with per-module learning-rate multipliers.
+
+``SOLVER.LR_MULTIPLIERS`` is a list of ``[module_prefix, multiplier]`` pairs: every trainable
+parameter whose name starts with ``module_prefix`` (a submodule of the model, e.g.
+``"roi_heads"`` or ``"backbone.bottom_up"``) trains at ``multiplier`` times the learning rate it
+would otherwise have (``SOLVER.BASE_LR``, times ``SOLVER.BIAS_LR_FACTOR`` for biases); the LR
+schedule scales every group alike. Where prefixes nest, the longest one decides. An empty list
+is detectron2's ``build_optimizer`` itself.
+
+The curriculum's joint stage fills the list from ``CURRICULUM.JOINT_INSTANCE_LR_MULTIPLIER``
+(the instance decoder's rate relative to the rest of the merged model).
+"""
+
+from typing import Dict, Sequence, Tuple
+
+import torch
+
+from detectron2.solver import build_optimizer as d2_build_optimizer
+from detectron2.solver.build import (
+    get_default_optimizer_params,
+    maybe_add_gradient_clipping,
+    reduce_param_groups,
+)
+
+from ..config_validation import parse_lr_multipliers
+
+__all__ = ["build_optimizer", "parameter_lr_multipliers"]
+
+
+def parameter_lr_multipliers(
+    model: torch.nn.Module, entries: Sequence[Tuple[str, float]]
+) -> Dict[str, float]:
+    """The multiplier of every parameter that one of ``entries`` covers, by parameter name.
+
+    Raises:
+        ValueError: a prefix that names no submodule of ``model`` (the message lists the
+            model's top-level modules).
+    """
+    modules = dict(model.named_modules())
+    for prefix, _ in entries:
+        if prefix not in modules:
+            top = sorted(n for n in modules if n and "." not in n)
+            raise ValueError(
+                f"SOLVER.LR_MULTIPLIERS: {prefix!r} is not a module of the model; its "
+                f"top-level modules are {top}"
+            )
+    # longest prefix first: "backbone.bottom_up" wins over "backbone"
+    ordered = sorted(entries, key=lambda e: -len(e[0]))
+    out = {}
+    for name, _ in model.named_parameters():
+        for prefix, m in ordered:
+            if name.startswith(prefix + "."):
+                out[name] = m
+                break
+    return out
+
+
+def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """detectron2's SGD (momentum, weight decay, norm / bias overrides, gradient clipping) with
+    the learning rates of ``SOLVER.LR_MULTIPLIERS`` applied per parameter."""
+    entries = parse_lr_multipliers(cfg.SOLVER.LR_MULTIPLIERS)
+    if not entries:
+        return d2_build_optimizer(cfg, model)
+    by_name = parameter_lr_multipliers(model, entries)
+    by_param = {p: by_name.get(n, 1.0) for n, p in model.named_parameters()}
+    groups = get_default_optimizer_params(
+        model,
+        base_lr=cfg.SOLVER.BASE_LR,
+        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+    )
+    split = []
+    for g in groups:
+        hyper = {k: v for k, v in g.items() if k != "params"}
+        for p in g["params"]:
+            split.append({**hyper, "params": [p], "lr": hyper["lr"] * by_param[p]})
+    return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
+        reduce_param_groups(split),
+        lr=cfg.SOLVER.BASE_LR,
+        momentum=cfg.SOLVER.MOMENTUM,
+        nesterov=cfg.SOLVER.NESTEROV,
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+    )
