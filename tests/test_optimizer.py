@@ -9,7 +9,11 @@ from detectron2.config import get_cfg
 
 from panoptic_curriculum import add_panoptic_curriculum_config, load_config
 from panoptic_curriculum.engine import PanopticCurriculumTrainer, stage_config
-from panoptic_curriculum.engine.optimizer import build_optimizer, parameter_lr_multipliers
+from panoptic_curriculum.engine.optimizer import (
+    build_optimizer,
+    check_optimizer_state_fits,
+    parameter_lr_multipliers,
+)
 
 
 def _model():
@@ -147,3 +151,17 @@ def test_joint_stage_optimizer_on_the_model():
         fast = name.startswith(("roi_heads.", "proposal_generator."))
         assert value == pytest.approx(base * (5.0 if fast else 1.0)), name
     assert any(n.startswith("roi_heads.") for n in lr) and any(n.startswith("backbone.") for n in lr)
+
+
+def test_a_checkpoint_from_other_multipliers_is_refused_by_name():
+    """Resuming with other SOLVER.LR_MULTIPLIERS (other parameter groups) would load the
+    momentum buffers into other parameters: refused with both group layouts; the same
+    layout loads."""
+    model = _model()
+    before = build_optimizer(_cfg(), model)
+    after = build_optimizer(_cfg(("head", 5.0)), model)
+    with pytest.raises(ValueError, match=r"sizes \[6, 2\], this config.s \[4, 2, 2\]: SOLVER.LR_MULTIPLIERS"):
+        check_optimizer_state_fits(after, before.state_dict())
+    same = build_optimizer(_cfg(("head", 2.0)), model)
+    check_optimizer_state_fits(same, after.state_dict())
+    same.load_state_dict(after.state_dict())

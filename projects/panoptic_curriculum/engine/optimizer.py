@@ -24,7 +24,7 @@ from detectron2.solver.build import (
 
 from ..config_validation import parse_lr_multipliers
 
-__all__ = ["build_optimizer", "parameter_lr_multipliers"]
+__all__ = ["build_optimizer", "check_optimizer_state_fits", "parameter_lr_multipliers"]
 
 
 def parameter_lr_multipliers(
@@ -82,3 +82,22 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
         nesterov=cfg.SOLVER.NESTEROV,
         weight_decay=cfg.SOLVER.WEIGHT_DECAY,
     )
+
+
+def check_optimizer_state_fits(optimizer: torch.optim.Optimizer, state: Dict) -> None:
+    """Refuse an optimizer state (a checkpoint's) whose parameter groups are not this
+    optimizer's: torch would load the momentum buffers by position into other parameters or
+    fail with a message that names neither cause. The groups follow ``SOLVER.LR_MULTIPLIERS``
+    and which parameters train.
+
+    Raises:
+        ValueError: the group sizes differ (the message gives both).
+    """
+    saved = [len(g["params"]) for g in state.get("param_groups", [])]
+    now = [len(g["params"]) for g in optimizer.param_groups]
+    if saved != now:
+        raise ValueError(
+            f"the checkpoint's optimizer has parameter groups of sizes {saved}, this config's "
+            f"{now}: SOLVER.LR_MULTIPLIERS (or the set of trained parameters) differs from the "
+            "run that wrote the checkpoint; resume with the same settings or use a new OUTPUT_DIR"
+        )

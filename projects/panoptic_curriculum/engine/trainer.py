@@ -40,7 +40,7 @@ from .data import PositionalDataset, ResumableTrainingSampler, SeededMapper
 from .ddp import create_ddp_model
 from .freeze import freeze_modules
 from .hooks import RNGStateHook
-from .optimizer import build_optimizer
+from .optimizer import build_optimizer, check_optimizer_state_fits
 from .pointcloud_hook import build_pointcloud_hook
 
 __all__ = ["PanopticCurriculumTrainer", "create_ddp_model"]
@@ -225,6 +225,9 @@ class PanopticCurriculumTrainer(DefaultTrainer):
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
         if "_trainer" in state_dict:
+            saved = state_dict["_trainer"].get("optimizer")
+            if saved is not None:
+                check_optimizer_state_fits(self.optimizer, saved)
             self._trainer.load_state_dict(state_dict["_trainer"])
 
     def resume_or_load(self, resume=True):
