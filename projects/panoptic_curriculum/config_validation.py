@@ -70,7 +70,6 @@ def parse_lr_multipliers(entries: Sequence) -> List[Tuple[str, float]]:
     return out
 
 
-
 class _Checker:
     """Collects ``KEY = value: allowed ...`` lines."""
 
