@@ -165,3 +165,11 @@ def test_a_checkpoint_from_other_multipliers_is_refused_by_name():
     same = build_optimizer(_cfg(("head", 2.0)), model)
     check_optimizer_state_fits(same, after.state_dict())
     same.load_state_dict(after.state_dict())
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 0.0, -2.0, True])
+def test_non_finite_or_non_positive_multipliers_are_refused(value):
+    from panoptic_curriculum.config_validation import parse_lr_multipliers
+
+    with pytest.raises(ValueError, match="SOLVER.LR_MULTIPLIERS entry"):
+        parse_lr_multipliers([["roi_heads", value]])

@@ -54,8 +54,8 @@ def parse_lr_multipliers(entries: Sequence) -> List[Tuple[str, float]]:
             and e[0] != ""
             and isinstance(e[1], (int, float))
             and not isinstance(e[1], bool)
-            and float(e[1]) > 0
-            and float(e[1]) != float("inf")
+            and math.isfinite(e[1])
+            and e[1] > 0
         )
         if not ok:
             raise ValueError(
