@@ -1,5 +1,5 @@
-"""SOLVER.LR_MULTIPLIERS (per-module learning rates) and the joint stage's
-CURRICULUM.JOINT_INSTANCE_LR_MULTIPLIER."""
+"""SOLVER.LR_MULTIPLIERS (per-module learning rates), the joint stage's
+CURRICULUM.JOINT_INSTANCE_LR_MULTIPLIER and SOLVER.OPTIMIZER (SGD or AdamW)."""
 
 import pytest
 import torch
@@ -12,6 +12,7 @@ from panoptic_curriculum.engine import PanopticCurriculumTrainer, stage_config
 from panoptic_curriculum.engine.optimizer import (
     build_optimizer,
     check_optimizer_state_fits,
+    optimizer_kind,
     parameter_lr_multipliers,
 )
 
@@ -173,3 +174,70 @@ def test_non_finite_or_non_positive_multipliers_are_refused(value):
 
     with pytest.raises(ValueError, match="SOLVER.LR_MULTIPLIERS entry"):
         parse_lr_multipliers([["roi_heads", value]])
+
+
+def test_adamw_keeps_groups_multipliers_clipping_and_schedule():
+    model = _model()
+    cfg = _cfg(("head", 5.0))
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.ADAMW_BETAS = (0.8, 0.99)
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "norm"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1e-3
+    opt = build_optimizer(cfg, model)
+    assert isinstance(opt, torch.optim.AdamW) and optimizer_kind(opt.param_groups) == "ADAMW"
+    assert all(g["betas"] == (0.8, 0.99) for g in opt.param_groups)
+    lr, wd = _lr_by_name(model, opt)
+    assert lr["head.weight"] == pytest.approx(0.5) and lr["encoder.0.weight"] == pytest.approx(0.1)
+    assert wd["encoder.1.weight"] == 0.0 and wd["encoder.0.weight"] == 1e-4  # norm override
+    # detectron2's clipping runs inside step() (the gradients it leaves are the clipped ones);
+    # AdamW's first step then moves each weight by about lr (m / sqrt(v) = sign of the
+    # gradient) whatever the gradient's size, where SGD would move it by lr * grad
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.head(model.encoder(torch.randn(2, 3, 8, 8))).pow(2).sum().backward()
+    raw = torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters()))
+    opt.step()
+    # (detectron2's "norm" clipping: each parameter's gradient norm)
+    clipped = [p.grad.norm() for p in model.parameters()]
+    assert raw > 1e-2 and all(c <= 1e-3 * (1 + 1e-4) for c in clipped)
+    w = "encoder.0.weight"
+    grad = model.get_parameter(w).grad
+    moved = (model.get_parameter(w) - before[w]).abs()[grad.abs() > 1e-6]
+    assert moved.numel() > 0
+    assert torch.allclose(moved, torch.full_like(moved, 0.1), rtol=0.02)
+    # the schedule scales AdamW's groups as SGD's
+    sched = PanopticCurriculumTrainer.build_lr_scheduler(cfg, opt)
+    for _ in range(4):
+        sched.step()
+        lr, _ = _lr_by_name(model, opt)
+        assert lr["head.weight"] == pytest.approx(5 * lr["encoder.0.weight"])
+    # without multipliers too (SGD then is detectron2's own optimizer)
+    cfg.SOLVER.LR_MULTIPLIERS = []
+    assert isinstance(build_optimizer(cfg, model), torch.optim.AdamW)
+    cfg.SOLVER.OPTIMIZER = "SGD"
+    assert optimizer_kind(build_optimizer(cfg, model).param_groups) == "SGD"
+
+
+def test_a_checkpoint_from_the_other_optimizer_is_refused_by_name():
+    model = _model()
+    sgd = build_optimizer(_cfg(), model)
+    cfg = _cfg()
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    adamw = build_optimizer(cfg, model)
+    with pytest.raises(ValueError, match="optimizer state is SGD's, this config's SOLVER.OPTIMIZER is 'ADAMW'"):
+        check_optimizer_state_fits(adamw, sgd.state_dict())
+    with pytest.raises(ValueError, match="ADAMW's, this config's SOLVER.OPTIMIZER is 'SGD'"):
+        check_optimizer_state_fits(sgd, adamw.state_dict())
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("SOLVER.OPTIMIZER", "adam"),
+        ("SOLVER.ADAMW_BETAS", "(0.9,)"),
+        ("SOLVER.ADAMW_BETAS", "(0.9, 1.0)"),
+    ],
+)
+def test_bad_optimizer_settings_are_config_errors(key, value):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        load_config("configs/synthetic/curriculum_R18_FPN.yaml", [key, value])

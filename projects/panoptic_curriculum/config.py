@@ -258,6 +258,12 @@ def add_panoptic_curriculum_config(cfg: CN) -> None:
     # [module_prefix, multiplier] pairs: the parameters of that submodule of the model train at
     # multiplier x their learning rate (engine/optimizer.py); e.g. [["backbone", 0.1]].
     cfg.SOLVER.LR_MULTIPLIERS = []
+    # "SGD" (detectron2's: SOLVER.MOMENTUM, SOLVER.NESTEROV) or "ADAMW" (torch's AdamW with
+    # SOLVER.ADAMW_BETAS; decoupled weight decay SOLVER.WEIGHT_DECAY, e.g. 0.05, and a base
+    # rate near 1e-4 to 1e-3, as Mask2Former trains). Both keep detectron2's per-parameter
+    # groups (norm / bias weight decay, BIAS_LR_FACTOR), gradient clipping and LR schedule.
+    cfg.SOLVER.OPTIMIZER = "SGD"
+    cfg.SOLVER.ADAMW_BETAS = (0.9, 0.999)
 
 
 def load_config(config_file: str, opts=(), freeze: bool = True) -> CN:

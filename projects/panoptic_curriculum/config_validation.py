@@ -39,6 +39,10 @@ def _fmt(v) -> str:
     return repr(v)
 
 
+# SOLVER.OPTIMIZER values (engine/optimizer.py)
+OPTIMIZERS = ("SGD", "ADAMW")
+
+
 def parse_lr_multipliers(entries: Sequence) -> List[Tuple[str, float]]:
     """``SOLVER.LR_MULTIPLIERS`` as ``[(prefix, multiplier), ...]``.
 
@@ -328,6 +332,20 @@ def _check_solver(c: _Checker, training: bool) -> None:
     c.int_at_least("SOLVER.WARMUP_ITERS", 0, "iterations")
     # the curriculum sets MAX_ITER per stage (0 for the merge stage, which does not train)
     c.int_at_least("SOLVER.MAX_ITER", 1 if training else 0, "solver iterations")
+    c.check(
+        "SOLVER.OPTIMIZER",
+        lambda v: v in OPTIMIZERS,
+        f"one of {list(OPTIMIZERS)}",
+    )
+    c.check(
+        "SOLVER.ADAMW_BETAS",
+        lambda v: isinstance(v, (list, tuple))
+        and len(v) == 2
+        and all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in v
+        ),
+        "two numbers in [0, 1), e.g. (0.9, 0.999)",
+    )
     try:
         parse_lr_multipliers(c.get("SOLVER.LR_MULTIPLIERS"))
     except (TypeError, ValueError):

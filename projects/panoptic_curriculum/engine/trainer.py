@@ -81,8 +81,9 @@ class PanopticCurriculumTrainer(DefaultTrainer):
     * ``MODEL.FREEZE.PREFIXES`` frozen after building the model;
     * evaluators chosen from the dataset's ``evaluator_type`` and the branches that are on,
       plus :class:`DepthEvaluator` for datasets with depth;
-    * detectron2's SGD with per-module learning-rate multipliers (``SOLVER.LR_MULTIPLIERS``)
-      and the poly / step LR schedules of detectron2's DeepLab project;
+    * detectron2's SGD, or AdamW (``SOLVER.OPTIMIZER``), with per-module learning-rate
+      multipliers (``SOLVER.LR_MULTIPLIERS``) and the poly / step LR schedules of detectron2's
+      DeepLab project;
     * atomic checkpoints that also carry the RNG states.
     """
 
@@ -138,7 +139,7 @@ class PanopticCurriculumTrainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        # detectron2's SGD, with SOLVER.LR_MULTIPLIERS per module
+        # detectron2's SGD or AdamW (SOLVER.OPTIMIZER), with SOLVER.LR_MULTIPLIERS per module
         return build_optimizer(cfg, model)
 
     @classmethod
