@@ -67,7 +67,7 @@ def test_rerun_with_changed_training_keys_stops_with_the_diff(finished_run):
         run_curriculum(changed)
     message = str(info.value)
     assert f"stage 'semantic' (finished), recorded in {out / 'semantic' / 'config.yaml'}" in message
-    assert "SOLVER.BASE_LR: 0.02 (recorded) -> 0.01 (now)" in message
+    assert f"SOLVER.BASE_LR: {cfg.SOLVER.BASE_LR!r} (recorded) -> 0.01 (now)" in message
     assert "SOLVER.MAX_ITER: 2 (recorded) -> 5 (now)" in message
     assert "Pick a new OUTPUT_DIR" in message and "--allow-config-change" in message
     assert message.count(" (recorded) -> ") == 2  # only the keys that change the training
@@ -89,7 +89,7 @@ def test_allowed_config_change_keeps_a_finished_stage(finished_run, tmp_path):
     root = (moved / "config.yaml").read_text()
     assert "Stage 'semantic' was trained with other values of: SOLVER.BASE_LR" in root
     record = yaml.safe_load((moved / "semantic" / "config.yaml").read_text())
-    assert record["SOLVER"]["BASE_LR"] == 0.02  # the record still says what was trained
+    assert record["SOLVER"]["BASE_LR"] == cfg.SOLVER.BASE_LR  # still what was trained
 
 
 def test_evaluation_only_differences_are_accepted(finished_run, tmp_path):
@@ -174,7 +174,7 @@ def test_resume_with_a_new_schedule(small_split, tmp_path):
     now = yaml.safe_load((stage / "config.yaml").read_text())
     before = yaml.safe_load((stage / "config.before_iter_2.yaml").read_text())
     assert (now["SOLVER"]["BASE_LR"], now["SOLVER"]["MAX_ITER"]) == (0.01, 4)
-    assert (before["SOLVER"]["BASE_LR"], before["SOLVER"]["MAX_ITER"]) == (0.02, 3)
+    assert (before["SOLVER"]["BASE_LR"], before["SOLVER"]["MAX_ITER"]) == (cfg.SOLVER.BASE_LR, 3)
     assert "from iteration 2 on" in (stage / "config.yaml").read_text()
 
 
