@@ -96,18 +96,16 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
         for p in g["params"]:
             split.append({**hyper, "params": [p], "lr": hyper["lr"] * by_param[p]})
     if kind == "ADAMW":
-        return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
-            reduce_param_groups(split),
-            lr=cfg.SOLVER.BASE_LR,
-            betas=tuple(float(b) for b in cfg.SOLVER.ADAMW_BETAS),
-            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-        )
-    return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
+        cls = torch.optim.AdamW
+        extra = {"betas": tuple(float(b) for b in cfg.SOLVER.ADAMW_BETAS)}
+    else:
+        cls = torch.optim.SGD
+        extra = {"momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV}
+    return maybe_add_gradient_clipping(cfg, cls)(
         reduce_param_groups(split),
         lr=cfg.SOLVER.BASE_LR,
-        momentum=cfg.SOLVER.MOMENTUM,
-        nesterov=cfg.SOLVER.NESTEROV,
         weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        **extra,
     )
 
 
